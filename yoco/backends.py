@@ -1,0 +1,43 @@
+"""Optional accelerated backends, detected by guarded imports.
+
+The defaults are PyTorch's own (SDPA, FlexAttention, torch.nn.RMSNorm, torch.compile); the parts
+below are used only where they import and the tensors live on CUDA.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+
+# backend part -> (module to import, distribution that carries it)
+OPTIONAL = {
+    "fla": ("fla.ops.simple_gla", "fla-core"),
+    "flash_attn": ("flash_attn", "flash-attn"),
+    "apex": ("apex.normalization", "apex"),
+    "triton": ("triton", "triton"),
+}
+
+
+def detect() -> dict[str, str | None]:
+    """Each optional backend's version where it imports on this machine, else None."""
+    found = {}
+    for name, (module, dist) in OPTIONAL.items():
+        try:
+            importlib.import_module(module)
+        except Exception:  # a broken install counts as absent, whatever it raises
+            found[name] = None
+            continue
+        try:
+            found[name] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "unknown"
+    return found
+
+
+def available(name: str) -> bool:
+    module, _ = OPTIONAL[name]
+    try:
+        importlib.import_module(module)
+    except Exception:
+        return False
+    return True
