@@ -1,0 +1,109 @@
+"""What YOCO and the baseline share: the public inference API and its input checks.
+
+A subclass provides `_forward(tokens)`, `_prefill(tokens, cache)`, `_step(tokens, cache)`
+(the one-token decode step: tensors only, no host sync, so it can be compiled with CUDA
+graphs), `_new_cache(batch_size, max_seq_len)` and `kv_cache_bytes(batch_size, seq_len)`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from yoco.cache import ModelCache
+
+
+class CausalLM(nn.Module):
+    config: object
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, V] for tokens [B, T], no cache."""
+        self._check_tokens(tokens, ndim=2)
+        return self._forward(tokens)
+
+    def allocate_cache(self, batch_size: int, max_seq_len: int) -> ModelCache:
+        """A static, zero-filled cache on the model's device and in its dtype."""
+        if batch_size < 1 or max_seq_len < 1:
+            raise ValueError(f"batch_size and max_seq_len must be >= 1, got {batch_size} and {max_seq_len}")
+        cache = self._new_cache(batch_size, max_seq_len)
+        if cache.pos.is_cuda:  # lets CUDA graphs write the cache in place
+            for buffer in cache.buffers():
+                torch._dynamo.mark_static_address(buffer)
+        return cache
+
+    @torch.no_grad()
+    def prefill(self, tokens: torch.Tensor, cache: ModelCache) -> torch.Tensor:
+        """Start a new sequence: run the prompt [B, T], fill the cache from position 0, and
+        return the logits [B, V] for the position after the prompt."""
+        self._check_tokens(tokens, ndim=2)
+        B, T = tokens.shape
+        self._check_batch(B, cache)
+        if T > cache.max_seq_len:
+            raise ValueError(f"prompt of {T} tokens exceeds the cache's max_seq_len={cache.max_seq_len}")
+        logits = self._prefill(tokens, cache)
+        cache.set_length(T)
+        return logits
+
+    @torch.no_grad()
+    def decode(self, next_tokens: torch.Tensor, cache: ModelCache) -> torch.Tensor:
+        """Append one token per sequence (next_tokens [B]); return the next logits [B, V]."""
+        self._check_tokens(next_tokens, ndim=1)
+        self._check_batch(next_tokens.shape[0], cache)
+        if cache.length == 0:
+            raise ValueError("decode before prefill: the cache holds no sequence; call prefill first")
+        if cache.length >= cache.max_seq_len:
+            raise ValueError(f"decode past the cache's max_seq_len={cache.max_seq_len}: "
+                             f"it already holds {cache.length} tokens")
+        return self.decode_step(next_tokens, cache)
+
+    @torch.no_grad()
+    def decode_step(self, next_tokens: torch.Tensor, cache: ModelCache) -> torch.Tensor:
+        """`decode` without the checks (they read tokens back to the host): for timed loops."""
+        logits = self._step(next_tokens, cache)
+        cache.length += 1
+        return logits
+
+    def num_parameters(self) -> int:
+        """Logical parameter count; packed BitNet weights count as the weights they stand for."""
+        return sum(p.numel() for p in self.parameters()) + sum(
+            getattr(m, "packed_numel", 0) for m in self.modules())
+
+    def weight_bytes(self) -> int:
+        from yoco.bitnet import weight_bytes
+
+        return weight_bytes(self)
+
+    def pack_bitnet(self):
+        """In place: every BitLinear to packed inference storage (float weights freed)."""
+        from yoco.bitnet import pack_bitnet
+
+        pack_bitnet(self)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def _check_tokens(self, tokens: torch.Tensor, ndim: int):
+        shape = "[B, T]" if ndim == 2 else "[B]"
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"tokens must be an integer tensor of shape {shape}, got "
+                             f"{getattr(tokens, 'dtype', type(tokens).__name__)}")
+        if tokens.dim() != ndim or tokens.numel() == 0:
+            raise ValueError(f"tokens must have shape {shape} with no empty dimension, got {tuple(tokens.shape)}")
+        if tokens.device.type != "meta":
+            lo, hi = int(tokens.min()), int(tokens.max())
+            vocab_size = self.config.vocab_size
+            if lo < 0 or hi >= vocab_size:
+                raise ValueError(f"token ids must lie in [0, vocab_size) with vocab_size={vocab_size}; "
+                                 f"got ids from {lo} to {hi}")
+
+    @staticmethod
+    def _check_batch(batch_size: int, cache: ModelCache):
+        if batch_size != cache.batch_size:
+            raise ValueError(f"batch of {batch_size} sequences does not match the cache's "
+                             f"batch_size={cache.batch_size}")

@@ -1,0 +1,79 @@
+"""Attention for the baseline, the cross-decoder and the SWA self-decoder.
+
+Layout [B, H, T, D] throughout (SDPA's). Keys and values may have fewer heads than queries
+(grouped-query attention). Each fast form has its plain reference beside it:
+- causal_attention:          SDPA's causal kernel (flash on CUDA)
+- sliding_window_attention:  blocked, O(T * W) memory and work; reference: a banded T x T mask
+- cached_attention:          one query step over a static cache with a validity mask
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _gqa(q: torch.Tensor, k: torch.Tensor) -> dict:
+    if q.shape[1] == k.shape[1]:
+        return {}
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    return {"enable_gqa": True}
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Query t sees keys 0..t. q [B, H, T, D], k and v [B, H_kv, T, D]."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, **_gqa(q, k))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Unmasked (or boolean-masked, True = attend) attention: the cross-decoder's last-position query."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **_gqa(q, k))
+
+
+def cached_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     valid: torch.Tensor) -> torch.Tensor:
+    """One decode step: q [B, H, 1, D] over a static cache [B, H_kv, S, D]; valid [S] bool marks
+    the slots that hold this sequence's keys (slots never written are zeros and must not count)."""
+    return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=valid[None, :], **_gqa(q, k_cache))
+
+
+def sliding_window_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """Query t sees keys max(0, t-W+1)..t, itself included. Builds a T x T mask: tests only."""
+    T = q.shape[2]
+    pos = torch.arange(T, device=q.device)
+    dist = pos[:, None] - pos[None, :]
+    mask = (dist >= 0) & (dist < window)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **_gqa(q, k))
+
+
+def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """Sliding-window causal attention in blocks of W queries, each over its 2W-1 keys.
+
+    The first W queries see all earlier keys (plain causal). Block b >= 1 holds queries
+    bW..bW+W-1 and keys bW-W+1..bW+W-1, so one [W, 2W-1] band mask serves every block and
+    memory stays O(T * W): no T x T mask is ever built.
+    """
+    B, H, T, D = q.shape
+    W = window
+    if T <= W:
+        return causal_attention(q, k, v)
+    if k.shape[1] != H:  # blocks are batched as heads, so share key heads explicitly
+        k, v = (x.repeat_interleave(H // k.shape[1], dim=1) for x in (k, v))
+    head = causal_attention(q[:, :, :W], k[:, :, :W], v[:, :, :W])
+
+    n_blocks = -(-(T - W) // W)
+    pad = n_blocks * W - (T - W)
+    q_rest = F.pad(q[:, :, W:], (0, 0, 0, pad)).reshape(B, H * n_blocks, W, D)
+    # Keys from position 1 on: block b' = 0.. starts at key 1 + b'W = bW - W + 1.
+    k_rest, v_rest = (
+        F.pad(x[:, :, 1:], (0, 0, 0, pad)).unfold(2, 2 * W - 1, W).transpose(-1, -2)
+        .reshape(B, H * n_blocks, 2 * W - 1, D)
+        for x in (k, v)
+    )
+    i = torch.arange(W, device=q.device)[:, None]
+    j = torch.arange(2 * W - 1, device=q.device)[None, :]
+    band = (j >= i) & (j <= i + W - 1)  # query i of a block is key i + W - 1 of its window
+    o = F.scaled_dot_product_attention(q_rest, k_rest, v_rest, attn_mask=band)
+    rest = o.reshape(B, H, n_blocks * W, D)[:, :, : T - W]
+    return torch.cat((head, rest), dim=2)
