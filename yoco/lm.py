@@ -63,6 +63,15 @@ class CausalLM(nn.Module):
         cache.length += 1
         return logits
 
+    def compile_decode(self, mode: str | None = None):
+        """Compile the one-token step. On CUDA the default mode is "reduce-overhead" (CUDA
+        graphs over the static cache); elsewhere torch.compile's default. The first calls
+        compile: warm up before timing."""
+        if mode is None:
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        self._step = torch.compile(self._step, mode=mode, fullgraph=True)
+        return self
+
     def num_parameters(self) -> int:
         """Logical parameter count; packed BitNet weights count as the weights they stand for."""
         return sum(p.numel() for p in self.parameters()) + sum(
