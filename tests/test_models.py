@@ -253,3 +253,25 @@ def test_unknown_preset_and_field():
         yoco.from_preset("tiny", windw=3)
     with pytest.raises(ValueError, match="unknown config field.*'window'"):
         baselines.from_preset("tiny", window=3)  # the baseline has no window
+
+
+def test_backend_that_does_not_import_is_refused():
+    from yoco.backends import available
+
+    if available("flash_attn"):
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(ValueError, match="flash_attn.*install flash-attn"):
+        yoco.from_preset("tiny", backend="flash_attn", device="meta")
+
+
+def test_fla_backend_falls_back_to_the_reference_off_cuda():
+    """On CPU the fla backend runs PyTorch's reference: same logits as the default backend."""
+    from yoco.backends import available
+
+    if not available("fla"):
+        pytest.skip("fla-core does not import here")
+    default = build("gret")
+    fla = build("gret", backend="fla")
+    tokens = torch.randint(0, 512, (1, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(fla(tokens), default(tokens), rtol=0, atol=0)

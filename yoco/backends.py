@@ -41,3 +41,12 @@ def available(name: str) -> bool:
     except Exception:
         return False
     return True
+
+
+def require(backend: str):
+    """Raise ValueError for a requested optional part that does not import here."""
+    for part in backend.split("+"):
+        if part in OPTIONAL and not available(part):
+            module, dist = OPTIONAL[part]
+            raise ValueError(f"backend {backend!r} asks for {part!r}, but {module} does not import on this "
+                             f"machine (install {dist}); 'torch' needs nothing extra")

@@ -15,7 +15,13 @@ from torch import nn
 
 from yoco import backends
 from yoco.config import ModelConfig, YOCOConfig
-from yoco.ops.attention import attention, cached_attention, causal_attention, sliding_window_attention
+from yoco.ops.attention import (
+    attention,
+    cached_attention,
+    causal_attention,
+    flash_attention,
+    sliding_window_attention,
+)
 from yoco.ops.retention import gated_retention, gated_retention_step
 from yoco.ops.rope import apply_rope, rope_angles
 
@@ -101,9 +107,9 @@ class GatedRetention(nn.Module):
         q, k, v, log_decay = self._project(x, positions)
         scale = self.head_dim**-0.5  # the paper scales k; o = q S is linear in k, so scaling q is the same
         if self.use_fla and q.is_cuda:
-            from yoco.ops.retention_fla import chunk_gated_retention_fla
+            from yoco.ops.retention_fla import gated_retention_fla
 
-            o, state = chunk_gated_retention_fla(q, k, v, log_decay, scale=scale)
+            o, state = gated_retention_fla(q, k, v, log_decay, scale=scale, mode="chunk")
         else:
             o, state = gated_retention(q, k, v, log_decay, scale=scale, mode="chunk", chunk_size=self.chunk_size)
         if cache is not None:
@@ -112,8 +118,10 @@ class GatedRetention(nn.Module):
 
     def step(self, x, pos, cache):
         q, k, v, log_decay = self._project(x, pos)
-        o = gated_retention_step(q[:, 0], k[:, 0], v[:, 0], log_decay[:, 0], cache.state,
-                                 scale=self.head_dim**-0.5)
+        step = gated_retention_step
+        if self.use_fla and q.is_cuda:
+            from yoco.ops.retention_fla import gated_retention_step_fla as step
+        o = step(q[:, 0], k[:, 0], v[:, 0], log_decay[:, 0], cache.state, scale=self.head_dim**-0.5)
         return self._output(o[:, None], x)
 
 
@@ -125,6 +133,7 @@ class SlidingWindowAttention(nn.Module):
         d, self.n_heads, self.head_dim = config.d_model, config.n_self_heads, config.self_head_dim
         self.wq, self.wk, self.wv, self.wo = (make_linear(d, d, config.bitnet) for _ in range(4))
         self.window, self.theta = config.window, config.rope_theta
+        self.use_flash = "flash_attn" in config.backends
 
     def _project(self, x, positions):
         q, k, v = (_heads(w(x), self.n_heads) for w in (self.wq, self.wk, self.wv))
@@ -134,7 +143,10 @@ class SlidingWindowAttention(nn.Module):
 
     def forward(self, x, positions, cache=None):
         q, k, v = self._project(x, positions)
-        o = sliding_window_attention(q, k, v, self.window)
+        if self.use_flash and q.is_cuda:
+            o = flash_attention(q, k, v, window=self.window)
+        else:
+            o = sliding_window_attention(q, k, v, self.window)
         if cache is not None:
             cache.fill(k, v)
         return self.wo(o.transpose(1, 2).flatten(-2))
@@ -158,6 +170,7 @@ class CausalAttention(nn.Module):
         self.wv = make_linear(d, self.n_kv_heads * self.head_dim, config.bitnet)
         self.wo = make_linear(self.n_heads * self.head_dim, d, config.bitnet)
         self.theta = config.rope_theta
+        self.use_flash = "flash_attn" in config.backends
 
     def _project(self, x, positions):
         cos, sin = rope_angles(positions, self.head_dim, self.theta)
@@ -170,7 +183,8 @@ class CausalAttention(nn.Module):
         q, k, v = self._project(x, positions)
         if cache is not None:
             cache.fill(k, v)
-        return self.wo(causal_attention(q, k, v).transpose(1, 2).flatten(-2))
+        o = flash_attention(q, k, v) if self.use_flash and q.is_cuda else causal_attention(q, k, v)
+        return self.wo(o.transpose(1, 2).flatten(-2))
 
     def step(self, x, pos, cache):
         q, k, v = self._project(x, pos)
@@ -189,6 +203,7 @@ class CrossAttention(nn.Module):
         self.wq = make_linear(d, self.n_heads * self.head_dim, config.bitnet)
         self.wo = make_linear(self.n_heads * self.head_dim, d, config.bitnet)
         self.theta = config.rope_theta
+        self.use_flash = "flash_attn" in config.backends
 
     def _query(self, x, positions):
         cos, sin = rope_angles(positions, self.head_dim, self.theta)
@@ -197,7 +212,9 @@ class CrossAttention(nn.Module):
     def forward(self, x, k, v, positions):
         """x holds the queries of `positions`: all T (full forward) or the last one (prefill)."""
         q = self._query(x, positions)
-        if q.shape[2] == k.shape[2]:
+        if self.use_flash and q.is_cuda and q.shape[2] in (1, k.shape[2]):
+            o = flash_attention(q, k, v)  # bottom-right aligned: the single query sees all keys
+        elif q.shape[2] == k.shape[2]:
             o = causal_attention(q, k, v)
         elif q.shape[2] == 1:  # the last position sees every key
             o = attention(q, k, v)

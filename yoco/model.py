@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from yoco import backends
 from yoco.cache import KVCache, ModelCache, RetentionState, RingKVCache
 from yoco.config import YOCOConfig, yoco_config
 from yoco.layers import (
@@ -112,6 +113,7 @@ def from_preset(name: str, *, self_decoder: str = "gret", device=None, dtype=Non
 
 def build(cls, config, device=None, dtype=None):
     """Construct directly on the device (meta builds no weights) and cast to dtype."""
+    backends.require(config.backend)
     with torch.device(device or "cpu"):
         model = cls(config)
     return model.to(dtype) if dtype is not None else model

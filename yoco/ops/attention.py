@@ -77,3 +77,16 @@ def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     o = F.scaled_dot_product_attention(q_rest, k_rest, v_rest, attn_mask=band)
     rest = o.reshape(B, H, n_blocks * W, D)[:, :, : T - W]
     return torch.cat((head, rest), dim=2)
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
+                    window: int | None = None) -> torch.Tensor:
+    """flash-attn's kernel (optional backend, CUDA, fp16/bf16) in our [B, H, T, D] layout.
+    window=W keeps keys t-W+1..t, as sliding_window_attention does. With causal=True and fewer
+    queries than keys, flash-attn aligns the queries to the end: the last query sees every key."""
+    from flash_attn import flash_attn_func
+
+    window_size = (window - 1, 0) if window is not None else (-1, -1)
+    o = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=causal,
+                        window_size=window_size)
+    return o.transpose(1, 2)
