@@ -35,6 +35,15 @@ def _round_half_even(v):
 
 
 @triton.jit
+def _round_to_bf16_nearest_even(y):
+    # torch's float32 -> bfloat16 rounding, done on the bits so that the cast after it is exact
+    # whatever rounding the cast itself uses (the interpreter truncates).
+    bits = y.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, K, stride_xm, stride_cm, BLOCK_K: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_K)
@@ -108,6 +117,8 @@ def _lowbit_matmul_kernel(
         x_scale = tl.load(x_scale_ptr + offs_m, mask=m_ok, other=1.0)
         w_scale = tl.load(w_scale_ptr)
         y = tl.math.div_rn(acc.to(tl.float32) * w_scale, x_scale[:, None])
+        if out_ptr.dtype.element_ty == tl.bfloat16:
+            y = _round_to_bf16_nearest_even(y)
         tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
         tl.store(out_ptrs, acc, mask=out_mask)

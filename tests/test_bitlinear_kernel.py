@@ -1,0 +1,106 @@
+"""The Triton W2A8 / W1A8 kernels against the PyTorch reference, exactly.
+
+On CPU they run under TRITON_INTERPRET=1 (tests/conftest.py) at small shapes; on CUDA at the
+same shapes plus one decode-sized shape. Skipped where triton does not import.
+"""
+
+import os
+
+import pytest
+import torch
+from conftest import DEVICES
+
+pytest.importorskip("triton")
+if "cuda" not in DEVICES and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no CUDA and no Triton interpreter", allow_module_level=True)
+
+from yoco import bitnet  # noqa: E402
+from yoco.bitnet import BitLinear  # noqa: E402
+from yoco.ops.bitlinear import bitlinear_reference, lowbit_matmul_reference  # noqa: E402
+from yoco.ops.bitlinear_triton import (  # noqa: E402
+    bitlinear_triton,
+    lowbit_matmul_triton,
+    quantize_activation_triton,
+)
+
+MODES = ["1.58bit", "1bit"]
+
+
+def random_weight(n, k, mode, device, seed):
+    torch.manual_seed(seed)
+    w = torch.randn(n, k, device=device)
+    q, s = bitnet.quantize_weight(w, mode)
+    return w, q, s, bitnet.pack(q, mode)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_activation_quantization_kernel_is_exact(device, dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(5, 300, device=device) * torch.rand(5, 1, device=device) * 8).to(dtype)
+    x[1] = 0
+    x[2, :8] = torch.tensor([127 / 64, 0.5 / 64, 1.5 / 64, 2.5 / 64, -0.5 / 64, -1.5 / 64, -2.5 / 64, 126.5 / 64])
+    x[2, 8:] = 0  # scale exactly 64: the row is all ties, rounded half to even
+    codes, scale = quantize_activation_triton(x)
+    ref_codes, ref_scale = bitnet.quantize_activation(x)
+    assert torch.equal(scale, ref_scale) and torch.equal(codes, ref_codes)
+    assert codes[2, :8].tolist() == [127, 0, 2, 2, 0, -2, -2, 126]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("m,k,n", [(1, 37, 5), (3, 300, 40), (17, 64, 33)])  # K: ragged, several tiles
+def test_integer_matmul_kernel_is_exact(device, mode, m, k, n):
+    _, _, _, packed = random_weight(n, k, mode, device, seed=m + k + n)
+    x_codes = torch.randint(-128, 128, (m, k), device=device, dtype=torch.int8)
+    acc = lowbit_matmul_triton(x_codes, packed, mode, k)
+    assert acc.dtype == torch.int32 and acc.shape == (m, n)
+    assert torch.equal(acc, lowbit_matmul_reference(x_codes, packed, mode, k))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+def test_integer_matmul_kernel_at_extreme_values(device, mode):
+    k = 260
+    packed = bitnet.pack(-torch.ones(9, k, dtype=torch.int8, device=device), mode)
+    x_codes = torch.full((2, k), -128, dtype=torch.int8, device=device)
+    x_codes[1] = 127
+    acc = lowbit_matmul_triton(x_codes, packed, mode, k)
+    assert acc[0].eq(128 * k).all() and acc[1].eq(-127 * k).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bitlinear_kernel_equals_reference_bitwise(device, mode, dtype):
+    _, _, scale, packed = random_weight(24, 70, mode, device, seed=7)
+    x = torch.randn(2, 3, 70, device=device).to(dtype)
+    y = bitlinear_triton(x, packed, scale, mode, 70)
+    assert y.dtype == dtype and y.shape == (2, 3, 24)
+    assert torch.equal(y, bitlinear_reference(x, packed, scale, mode, 70))
+
+
+def test_kernel_rejects_a_packed_weight_of_the_wrong_shape():
+    packed = bitnet.pack(torch.ones(4, 16, dtype=torch.int8), "1.58bit")
+    with pytest.raises(ValueError, match=r"packed weight of shape \(4, 4\).*expected uint8 of shape \(4, 5\)"):
+        lowbit_matmul_triton(torch.zeros(1, 20, dtype=torch.int8), packed, "1.58bit", 20)
+    with pytest.raises(ValueError, match="x_codes must be int8"):
+        lowbit_matmul_triton(torch.zeros(1, 16), packed, "1.58bit", 16)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="no CUDA device")
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_bitlinear_uses_kernel_and_matches_fake_quant(mode, monkeypatch):
+    torch.manual_seed(8)
+    layer = BitLinear(2048, 1024, mode, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(4, 2048, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        fake = layer(x)
+        layer.pack_()
+        calls = []
+        import yoco.ops.bitlinear_triton as kernels
+
+        real = kernels.bitlinear_triton
+        monkeypatch.setattr(kernels, "bitlinear_triton", lambda *a: calls.append(1) or real(*a))
+        packed = layer(x)
+    assert calls and torch.equal(packed, fake)
