@@ -4,10 +4,10 @@ Choices the paper leaves open (README repeats them):
 - vocab_size 100352 for the paper sizes: cl100k_base (100,277 tokens, the YOCO tokenizer)
   rounded up to a multiple of 128. Embedding and LM head are untied, as in Llama.
 - n_kv_heads = n_heads (plain multi-head) below 3b: the paper's scaling table lists no GQA.
-- gRet head width 256 at the paper sizes (n_self_heads = d_model / 256); SWA uses n_heads.
+- gRet head width 256 at the paper sizes (n_self_heads = d_model / 256), 128 at 3b; SWA uses n_heads.
 - the gRet state is kept in float32 whatever the model dtype (see yoco.ops.retention).
 - the baseline's FFN width is 8/3 d (YOCO's 3 d), rounded to 64; at 3b (where YOCO's
-  official FFN is 8192) it is 8832 so that the twins stay within 5% in parameters.
+  official FFN is 8192) it is 8832, between the gRet and SWA twins, so all stay within 5%.
 """
 
 from __future__ import annotations
