@@ -1,0 +1,67 @@
+"""Each case in a process of its own, forked from a server that imported torch and the models
+but never computed anything (forking after OpenMP or CUDA start-up is unsafe).
+
+This module imports no torch, so the CLI can start the server first and let it load torch
+while the parent reads the suite. OpenMP threads that spin while they wait collapse when other
+processes share the cores (10 to 50x slower steps on a loaded 2-core machine), so the server
+starts with OMP_WAIT_POLICY=PASSIVE unless the user chose a policy.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import multiprocessing.forkserver
+import os
+
+PRELOAD = ["bench.preload", "bench.runner"]
+_context = None
+
+
+def context():
+    """The forkserver context (configured once)."""
+    global _context
+    if _context is None:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        _context = mp.get_context("forkserver")
+        _context.set_forkserver_preload(PRELOAD)
+    return _context
+
+
+def start():
+    """Start the server now (it loads torch in the background); cases connect to it later."""
+    context()
+    multiprocessing.forkserver.ensure_running()
+
+
+def one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:500]
+
+
+def _child(conn, fn, args, threads):
+    try:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        result = ("ok", fn(*args))
+    except BaseException as e:  # report anything to the parent, which records it
+        result = ("raised", one_line(e))
+    conn.send(result)
+    conn.close()
+
+
+def run_isolated(fn, *args, threads: int | None = None):
+    """fn(*args) in a fresh fork of the server: ("ok", value), ("raised", text) or ("died",
+    exit code) when the process ended without answering (a signal, the OOM killer)."""
+    ctx = context()
+    recv, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(send, fn, args, threads), daemon=True)
+    process.start()
+    send.close()
+    try:
+        answer = recv.recv()
+    except EOFError:
+        answer = None
+    process.join()
+    recv.close()
+    return answer if answer is not None else ("died", process.exitcode)

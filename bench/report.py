@@ -1,0 +1,177 @@
+"""What a run writes: results.csv and samples.csv (appended and flushed case by case),
+env.json, summary.md, and the short table printed at the end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+IDENTITY = ["case_id", "arch", "preset", "self_decoder", "batch", "seq_len", "gen_len", "window", "bitnet",
+            "dtype", "device", "device_name", "backend", "backends_present", "compile", "params", "weight_bytes"]
+PREFILL = ["prefill_ms", "prefill_ms_p25", "prefill_ms_p75", "prefill_tok_s"]
+DECODE = ["decode_tok_s", "decode_ms_per_step", "decode_ms_per_step_p25", "decode_ms_per_step_p75"]
+MEMORY = [f"peak_mem_{phase}_{kind}bytes" for phase in ("prefill", "decode") for kind in ("", "reserved_", "nvml_")]
+CACHE = ["kv_cache_bytes", "kv_cache_bytes_formula", "kv_cache_bytes_per_token", "kv_cache_fixed_bytes"]
+EFFICIENCY = ["prefill_flops", "prefill_mfu", "decode_bytes_per_step", "decode_mbu"]
+RUN = ["repeats", "memory_source", "estimated_bytes", "elapsed_s", "status", "error"]
+COLUMNS = IDENTITY + PREFILL + DECODE + MEMORY + CACHE + EFFICIENCY + RUN
+SAMPLE_COLUMNS = ["case_id", "metric", "repeat", "value", "calibration_ms", "normalized"]
+TIMING_METRICS = ["prefill_ms", "decode_ms_per_step"]
+STATUSES = ("ok", "oom", "skipped", "error")
+
+
+def _cell(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    return v
+
+
+def append_rows(path: Path, columns: list[str], rows: list[dict]):
+    """Append rows (with a header if the file is new) and flush them to disk."""
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows({k: _cell(r.get(k)) for k in columns} for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def repair(run_dir: Path) -> set[str]:
+    """Make a run directory consistent after a kill: drop a torn last line, drop samples of
+    cases with no results row (the case in flight). Returns the case ids already done."""
+    results, samples = run_dir / "results.csv", run_dir / "samples.csv"
+    done: set[str] = set()
+    for path in (results, samples):
+        if path.exists():
+            text = path.read_text()
+            if text and not text.endswith("\n"):
+                path.write_text(text[: text.rfind("\n") + 1])
+    if results.exists() and results.stat().st_size:
+        with open(results, newline="") as f:
+            done = {r["case_id"] for r in csv.DictReader(f)}
+    if samples.exists() and samples.stat().st_size:
+        with open(samples, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if r["case_id"] in done]
+        samples.unlink()
+        append_rows(samples, SAMPLE_COLUMNS, kept)
+    return done
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    for col in ("window", "self_decoder", "error", "backends_present"):
+        if col in df:
+            df[col] = df[col].astype(object).where(df[col].notna(), None)
+    return df
+
+
+def write_env(path: Path, env: dict):
+    path.write_text(json.dumps(env, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# ---- summary ----
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A plain GitHub table (pandas' to_markdown needs the optional tabulate package)."""
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
+    return str(v)
+
+
+def main_slice(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that compare architectures along seq_len: ok rows, bitnet 'none' if present,
+    and for yoco-swa the window measured at the most lengths."""
+    df = df[df["status"] == "ok"]
+    if "none" in set(df["bitnet"]):
+        df = df[df["bitnet"] == "none"]
+    swa = df[df["arch"] == "yoco-swa"]
+    if len(swa):
+        window = swa.groupby("window")["seq_len"].nunique().idxmax()
+        df = df[(df["arch"] != "yoco-swa") | (df["window"] == window)]
+    return df
+
+
+RATIOS = [("kv_cache_bytes", "KV cache", "baseline / YOCO"),
+          ("peak_mem_decode_bytes", "peak memory (decode)", "baseline / YOCO"),
+          ("prefill_ms", "prefill time", "baseline / YOCO"),
+          ("decode_tok_s", "decode tokens/s", "YOCO / baseline")]
+
+
+def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (preset, batch, seq_len, dtype): how many times YOCO beats the baseline; > 1 favours YOCO."""
+    df = main_slice(df)
+    keys = ["preset", "batch", "seq_len", "dtype", "backend", "compile"]
+    base = df[df["arch"] == "transformer"].set_index(keys)
+    out = []
+    for arch in ("yoco-gret", "yoco-swa"):
+        yoco = df[df["arch"] == arch].set_index(keys)
+        joined = yoco.join(base, lsuffix="_yoco", rsuffix="_base", how="inner")
+        for key, r in joined.iterrows():
+            entry = dict(zip(keys, key, strict=True))
+            entry["yoco"] = arch if arch != "yoco-swa" else f"yoco-swa (w{int(r['window_yoco'])})"
+            for col, label, direction in RATIOS:
+                a, b = r[f"{col}_base"], r[f"{col}_yoco"]
+                ratio = b / a if direction.startswith("YOCO") else a / b
+                entry[f"{label}: {direction}"] = ratio if a and b else math.nan
+            out.append(entry)
+    if not out:
+        return pd.DataFrame()
+    return pd.DataFrame(out).sort_values(["preset", "batch", "seq_len", "yoco"]).reset_index(drop=True)
+
+
+def summary_markdown(df: pd.DataFrame, env: dict) -> str:
+    device = f"{env.get('device', '?')} ({env.get('device_name', '?')}, {env.get('threads', '?')} threads)"
+    lines = [f"# Benchmark summary: suite `{env.get('suite', '?')}` on {device}", "",
+             f"git commit `{env.get('git_commit', '?')}`, torch {env.get('versions', {}).get('torch', '?')}; "
+             f"copy bandwidth {env.get('copy_bandwidth_bytes_s', math.nan) / 1e9:.1f} GB/s, "
+             f"fp32 matmul {env.get('matmul_flops_s_by_dtype', {}).get('float32', math.nan) / 1e9:.1f} GFLOP/s.", ""]
+    counts = df["status"].value_counts()
+    lines += ["Cases: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES), ""]
+    ratios = ratio_table(df)
+    if len(ratios):
+        lines += ["## YOCO against the Transformer baseline",
+                  "Ratios > 1 favour YOCO (bitnet none; prefill and decode medians; memory: "
+                  f"{_memory_words(env)}).", "", markdown_table(ratios), ""]
+    ok = df[df["status"] == "ok"]
+    if len(ok):
+        cols = ["case_id", "prefill_ms", "decode_tok_s", "peak_mem_decode_bytes", "kv_cache_bytes", "prefill_mfu",
+                "decode_mbu"]
+        lines += ["## All measured cases", "", markdown_table(ok[cols]), ""]
+    bad = df[df["status"] != "ok"]
+    if len(bad):
+        lines += ["## Cases not measured", "", markdown_table(bad[["case_id", "status", "error"]]), ""]
+    return "\n".join(lines)
+
+
+def _memory_words(env: dict) -> str:
+    if env.get("device") == "cuda":
+        return "the CUDA allocator's peak"
+    return "peak resident set size of the case's own process (VmHWM), torch itself included"
+
+
+def console_table(df: pd.DataFrame) -> str:
+    """The short table printed after a run."""
+    cols = ["arch", "preset", "seq_len", "window", "bitnet", "status", "prefill_ms", "decode_tok_s",
+            "kv_cache_bytes"]
+    view = df[cols].copy()
+    view["window"] = view["window"].map(lambda w: "-" if w is None or w != w else str(int(float(w))))
+    with pd.option_context("display.width", 160, "display.max_rows", 400):
+        return view.to_string(index=False, float_format=lambda v: f"{v:.4g}")

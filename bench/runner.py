@@ -1,0 +1,265 @@
+"""How a case runs: built, timed and measured in a process of its own.
+
+Each case is a fork of a "forkserver" process that imported torch, yoco and baselines but never
+ran a torch op (forking after OpenMP or CUDA start-up is unsafe), so a case pays no import cost
+and one that runs out of memory, crashes or is killed leaves the next one untouched. The parent
+only writes rows: a child that dies without answering gets a row saying how it died.
+
+The phases of a case, in order: build (skipped, with the estimate, if weights + cache would not
+fit), warm-up prefills (compilation happens here, never timed), a memory pass (one prefill, then
+gen_len decode steps, each phase with its own peak reset; this doubles as the decode warm-up),
+then the timed phase: `repeats` prefills, and after one more prefill gen_len decode steps split
+into `repeats` consecutive blocks. Before every timed repeat the case's calibration workload is
+timed, and every sample is stored with it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import traceback
+
+import numpy as np
+import torch
+
+from bench import roofline
+from bench.isolation import one_line, run_isolated
+from bench.roofline import DTYPES
+from bench.suite import Case
+from bench.trackers import PeakMemory, device_memory_bytes, quantiles, time_ms
+from yoco.config import PRESETS
+
+OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
+
+
+# ---- models ----
+
+def build_model(case: Case, device: str):
+    """The case's model (BitNet weights packed for inference), or raises ValueError."""
+    import baselines
+    import yoco
+
+    overrides = dict(bitnet=case.bitnet, backend=case.backend)
+    need = case.seq_len + case.gen_len
+    if need > PRESETS[case.preset]["max_seq_len"]:
+        overrides["max_seq_len"] = need
+    if case.arch == "transformer":
+        model = baselines.from_preset(case.preset, device=device, dtype=DTYPES[case.dtype], **overrides)
+    else:
+        if case.window is not None:
+            overrides["window"] = case.window
+        model = yoco.from_preset(case.preset, self_decoder=case.self_decoder, device=device,
+                                 dtype=DTYPES[case.dtype], **overrides)
+    if case.bitnet != "none" and device != "meta":
+        model.pack_bitnet()
+    return model.eval()
+
+
+def estimate(case: Case) -> dict:
+    """Sizes from a model built on the meta device: no memory, no time."""
+    model = build_model(case, "meta")
+    weight_bytes = model.weight_bytes()
+    if case.bitnet != "none":
+        weight_bytes = _packed_weight_bytes(model, case.bitnet)
+    cache = model.kv_cache_bytes(case.batch, case.seq_len + case.gen_len)
+    return dict(params=model.num_parameters(), weight_bytes=weight_bytes, kv_cache_bytes_formula=cache,
+                estimated_bytes=weight_bytes + cache,
+                prefill_flops=roofline.prefill_flops(model.config, case.arch, case.batch, case.seq_len))
+
+
+def _packed_weight_bytes(model, bitnet: str) -> int:
+    """Packed BitNet size on meta: BitLinear weights at 2 (ternary) or 1 bit each, plus a float32
+    scale per matrix; everything else as stored."""
+    try:
+        model.pack_bitnet()  # if packing works on meta, the model knows best
+        return model.weight_bytes()
+    except Exception:
+        pass
+    bits = 2 if bitnet == "1.58bit" else 1
+    total = model.weight_bytes()
+    for module in model.modules():
+        if type(module).__name__ == "BitLinear" and getattr(module, "weight", None) is not None:
+            w = module.weight
+            total += math.ceil(w.numel() * bits / 8) + 4 - w.numel() * w.element_size()
+    return total
+
+
+# ---- one case, inside its own process ----
+
+def measure_case(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
+                 inject: str | None = None) -> tuple[dict, list[dict]]:
+    """One results row (whatever happens) and its raw samples."""
+    row: dict = dict(status="error", error="")
+    samples: list[dict] = []
+    try:
+        row.update(estimate(case))
+        available = device_memory_bytes(device)
+        if row["estimated_bytes"] > available:
+            row.update(status="skipped", error=f"estimated weights + cache {row['estimated_bytes'] / 2**30:.2f} GiB "
+                                               f"exceed the {available / 2**30:.2f} GiB available on {device}")
+            return row, samples
+        if inject == "oom":
+            raise OOM_ERRORS[0]("injected out-of-memory error (YOCO_BENCH_INJECT)")
+        if inject == "crash":
+            os.kill(os.getpid(), signal.SIGKILL)
+        _measure(case, device, repeats, warmup, ceilings, row, samples)
+        row["status"] = "ok"
+    except OOM_ERRORS as e:
+        row.update(status="oom", error=one_line(e))
+    except RuntimeError as e:
+        text = str(e)
+        oom = "out of memory" in text.lower() or "can't allocate memory" in text.lower()
+        row.update(status="oom" if oom else "error", error=one_line(e))
+    except Exception as e:  # recorded in the row; the sweep goes on
+        row.update(status="error", error=one_line(e))
+        traceback.print_exc()  # the full story on the run's stderr
+    return row, samples
+
+
+def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict, row: dict, samples: list):
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        model = build_model(case, device)
+        row.update(params=model.num_parameters(), weight_bytes=model.weight_bytes(), backend=model.config.backend)
+        cfg = model.config
+        total = case.seq_len + case.gen_len
+        cache = model.allocate_cache(case.batch, total)
+        row["kv_cache_bytes"] = cache.nbytes()
+        row["kv_cache_bytes_formula"] = model.kv_cache_bytes(case.batch, total)
+        # The cache is affine in its length: keep both terms so plots can extend the formula.
+        per_token = model.kv_cache_bytes(case.batch, total + 1) - row["kv_cache_bytes_formula"]
+        row["kv_cache_bytes_per_token"] = per_token
+        row["kv_cache_fixed_bytes"] = row["kv_cache_bytes_formula"] - per_token * total
+        tokens = torch.randint(0, cfg.vocab_size, (case.batch, case.seq_len), device=device)
+
+        if case.compile:  # the prefill at its one shape, the step as one graph (CUDA graphs on CUDA)
+            model._prefill = torch.compile(model._prefill, dynamic=False)
+            model.compile_decode()
+            warmup = max(warmup, 2 if device == "cuda" else 1)
+        prefill, step = model.prefill, model.decode_step
+
+        # Warm-up (and compilation): never timed.
+        for _ in range(warmup):
+            nxt = prefill(tokens, cache).argmax(-1)
+            for _ in range(min(2, case.gen_len)):
+                nxt = step(nxt, cache).argmax(-1)
+
+        # Memory pass, with no calibration buffers alive.
+        mem_prefill, mem_decode = PeakMemory(device), PeakMemory(device)
+        mem_prefill.start()
+        nxt = prefill(tokens, cache).argmax(-1)
+        mem_prefill.stop()
+        mem_decode.start()
+        for _ in range(case.gen_len):
+            nxt = step(nxt, cache).argmax(-1)
+        mem_decode.stop()
+        for phase, mem in (("prefill", mem_prefill), ("decode", mem_decode)):
+            row[f"peak_mem_{phase}_bytes"] = mem.allocated
+            row[f"peak_mem_{phase}_reserved_bytes"] = mem.reserved
+            row[f"peak_mem_{phase}_nvml_bytes"] = mem.nvml
+        row["memory_source"] = mem_prefill.source
+
+        calibration = roofline.Calibration(device, row["prefill_flops"], row["weight_bytes"] + row["kv_cache_bytes"])
+
+        def sample(metric, r, value, cal):
+            samples.append(dict(case_id=case.case_id, metric=metric, repeat=r, value=value, calibration_ms=cal,
+                                normalized=value / cal if cal > 0 else math.nan))
+
+        prefill_ms = []
+        for r in range(repeats):
+            cal = calibration.measure_ms()
+            ms = time_ms(lambda: prefill(tokens, cache), device)
+            prefill_ms.append(ms)
+            sample("prefill_ms", r, ms, cal)
+
+        nxt = prefill(tokens, cache).argmax(-1)
+        blocks = np.array_split(np.arange(case.gen_len), min(repeats, case.gen_len))
+        step_ms, decode_total_ms = [], 0.0
+        for r, block in enumerate(blocks):
+            cal = calibration.measure_ms()
+            state = {"nxt": nxt, "steps": len(block)}
+
+            def run_block(state=state):
+                for _ in range(state["steps"]):
+                    state["nxt"] = step(state["nxt"], cache).argmax(-1)
+
+            ms = time_ms(run_block, device)
+            nxt = state["nxt"]
+            decode_total_ms += ms
+            step_ms.append(ms / len(block))
+            sample("decode_ms_per_step", r, ms / len(block), cal)
+
+    q = quantiles(prefill_ms)
+    row.update(prefill_ms=q["p50"], prefill_ms_p25=q["p25"], prefill_ms_p75=q["p75"],
+               prefill_tok_s=case.batch * case.seq_len / (q["p50"] / 1e3), repeats=repeats)
+    q = quantiles(step_ms)
+    row.update(decode_ms_per_step=q["p50"], decode_ms_per_step_p25=q["p25"], decode_ms_per_step_p75=q["p75"],
+               decode_tok_s=case.batch * case.gen_len / (decode_total_ms / 1e3))
+    row["decode_bytes_per_step"] = roofline.decode_bytes_per_step(model, row["weight_bytes"], case.batch,
+                                                                  case.seq_len, case.gen_len)
+    row["decode_mbu"] = roofline.efficiency(row["decode_bytes_per_step"], row["decode_ms_per_step"],
+                                            ceilings.get("copy_bandwidth_bytes_s", math.nan))
+    flops_s = ceilings.get("matmul_flops_s_by_dtype", {}).get(case.dtype, math.nan)
+    row["prefill_mfu"] = roofline.efficiency(row["prefill_flops"], row["prefill_ms"], flops_s)
+
+
+def run_case(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
+             inject: str | None = None, threads: int | None = None) -> tuple[dict, list[dict]]:
+    """measure_case in its own process; a process that dies gets a row saying how."""
+    answer = run_isolated(measure_case, case, device, repeats, warmup, ceilings, inject, threads=threads)
+    if answer[0] == "ok":
+        return answer[1]
+    if answer[0] == "raised":
+        return dict(status="error", error=answer[1]), []
+    code = answer[1]
+    if code == -signal.SIGKILL:
+        return dict(status="oom", error="case process killed by SIGKILL (on Linux usually the out-of-memory "
+                                        "killer)"), []
+    return dict(status="error", error=f"case process exited with code {code} without a result"), []
+
+
+def machine_info(device: str, dtypes: list[str]) -> dict:
+    """Ceilings and device facts, measured in a case-like process (the parent never touches CUDA)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return dict(cuda_missing=True)
+    info = dict(roofline.measure_ceilings(device, dtypes))
+    info["threads"] = torch.get_num_threads()
+    info["cpu_count"] = os.cpu_count()
+    info["device_name"] = device_name(device)
+    if device == "cuda":
+        info["cuda_version"] = torch.version.cuda
+        info["device_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
+        info["driver"] = _nvml_driver()
+    else:
+        info["device_memory_bytes"] = device_memory_bytes("cpu")
+    return info
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"
+
+
+def _nvml_driver() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+            return version.decode() if isinstance(version, bytes) else version
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML here
+        return None

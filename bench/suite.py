@@ -1,0 +1,263 @@
+"""Suites: a TOML file expands to a list of cases (a cartesian product of axis values per sweep).
+
+Grammar (the built-in suites in bench/suites/ use the same one as a user's own file):
+
+    [suite]
+    description = "one line"
+    devices = ["cpu", "cuda"]        # optional: where a real run is allowed
+    repeats = 5                      # timed repeats per phase (after warm-up)
+    warmup = 1
+    threads = 1                      # optional: CPU threads per case (default: torch's, all cores)
+
+    [axes]                           # defaults shared by every sweep
+    arch = ["yoco-gret", "yoco-swa", "transformer"]
+    preset = ["tiny"]
+    seq_len = [128, 256]
+
+    [[sweep]]                        # optional; each sweep overrides some axes of [axes]
+    seq_len = [512]
+    exclude = [{arch = "transformer"}]   # drop cases matching every key of one entry
+
+Without [[sweep]], [axes] is the one sweep. Axes not given take AXIS_DEFAULTS. The window only
+applies to yoco-swa and the self-decoder only to YOCO, so other archs get window = None and the
+duplicates that leaves are merged.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from yoco.config import BACKEND_PARTS, BITNET_MODES, PRESETS
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
+
+SUITES_DIR = Path(__file__).parent / "suites"
+ARCHS = ("yoco-gret", "yoco-swa", "transformer")
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("cpu", "cuda")
+
+AXIS_DEFAULTS = dict(arch="yoco-gret", preset="tiny", batch=1, seq_len=128, gen_len=16, window=64,
+                     bitnet="none", dtype="float32", backend="torch", compile=False)
+AXES = tuple(AXIS_DEFAULTS)
+SUITE_KEYS = ("description", "devices", "repeats", "warmup", "threads")
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for: the CLI prints it and exits 2."""
+
+
+@dataclass(frozen=True)
+class Case:
+    arch: str
+    preset: str
+    batch: int
+    seq_len: int
+    gen_len: int
+    window: int | None
+    bitnet: str
+    dtype: str
+    backend: str
+    compile: bool
+
+    @property
+    def case_id(self) -> str:
+        """Stable across machines and commits: built from the axis values only."""
+        window = f"w{self.window}" if self.window is not None else "wna"
+        mode = "compiled" if self.compile else "eager"
+        return (f"{self.arch}-{self.preset}-b{self.batch}-s{self.seq_len}-g{self.gen_len}-{window}-"
+                f"{self.bitnet}-{self.dtype}-{self.backend}-{mode}")
+
+    @property
+    def self_decoder(self) -> str | None:
+        return self.arch.removeprefix("yoco-") if self.arch.startswith("yoco-") else None
+
+    def axes(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    cases: list[Case]
+    description: str = ""
+    devices: tuple[str, ...] = DEVICES
+    repeats: int = 5
+    warmup: int = 1
+    threads: int | None = None
+    text: str = field(default="", repr=False)
+
+
+def suite_names() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+
+
+def resolve_suite_path(name_or_path: str) -> Path:
+    """A built-in suite name or a path to a .toml file."""
+    if name_or_path.endswith(".toml") or "/" in name_or_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise UsageError(f"suite file {name_or_path} does not exist")
+        return path
+    path = SUITES_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise UsageError(f"unknown suite {name_or_path!r}: valid suites are {', '.join(suite_names())} "
+                         f"or a path to a .toml file")
+    return path
+
+
+def load_suite(name_or_path: str) -> Suite:
+    path = resolve_suite_path(name_or_path)
+    text = path.read_text()
+    return parse_suite(text, path)
+
+
+def parse_suite(text: str, path: Path) -> Suite:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:  # its message carries "(at line L, column C)"
+        raise UsageError(f"syntax error in suite file {path}: {e}") from None
+    unknown = set(data) - {"suite", "axes", "sweep"}
+    if unknown:
+        raise UsageError(f"{path}: unknown table(s) {sorted(unknown)}: valid tables are [suite], [axes], [[sweep]]")
+    meta = data.get("suite", {})
+    bad = set(meta) - set(SUITE_KEYS)
+    if bad:
+        raise UsageError(f"{path}: unknown [suite] key(s) {sorted(bad)}: valid keys are {', '.join(SUITE_KEYS)}")
+    devices = tuple(meta.get("devices", DEVICES))
+    for d in devices:
+        _check(path, "devices", d, DEVICES)
+    repeats, warmup = meta.get("repeats", 5), meta.get("warmup", 1)
+    if not isinstance(repeats, int) or repeats < 1:
+        raise UsageError(f"{path}: [suite] repeats must be an integer >= 1, got {repeats!r}")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise UsageError(f"{path}: [suite] warmup must be an integer >= 0, got {warmup!r}")
+    threads = meta.get("threads")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"{path}: [suite] threads must be an integer >= 1, got {threads!r}")
+
+    base = data.get("axes", {})
+    sweeps = data.get("sweep", [{}])
+    cases: dict[str, Case] = {}
+    for sweep in sweeps:
+        axes = {**base, **sweep}
+        excludes = axes.pop("exclude", [])
+        for case in _expand(path, axes, excludes):
+            cases.setdefault(case.case_id, case)
+    if not cases:
+        raise UsageError(f"{path}: the suite expands to no cases")
+    return Suite(name=path.stem, path=path, cases=list(cases.values()), description=meta.get("description", ""),
+                 devices=devices, repeats=repeats, warmup=warmup, threads=threads, text=text)
+
+
+def _expand(path: Path, axes: dict, excludes: list) -> list[Case]:
+    unknown = set(axes) - set(AXES)
+    if unknown:
+        raise UsageError(f"{path}: unknown axis {sorted(unknown)[0]!r}: valid axes are {', '.join(AXES)}")
+    values = {}
+    for name in AXES:
+        v = axes.get(name, AXIS_DEFAULTS[name])
+        values[name] = [_validate(path, name, x) for x in (v if isinstance(v, list) else [v])]
+        if not values[name]:
+            raise UsageError(f"{path}: axis {name!r} has no values")
+    if not isinstance(excludes, list) or not all(isinstance(e, dict) for e in excludes):
+        raise UsageError(f"{path}: exclude must be a list of tables like {{arch = \"transformer\"}}")
+    for e in excludes:
+        if set(e) - set(AXES):
+            raise UsageError(f"{path}: exclude names unknown axis {sorted(set(e) - set(AXES))[0]!r}: "
+                             f"valid axes are {', '.join(AXES)}")
+    cases = []
+    for combo in itertools.product(*(values[n] for n in AXES)):
+        point = dict(zip(AXES, combo, strict=True))
+        if any(_matches(point, e) for e in excludes):
+            continue
+        if point["arch"] != "yoco-swa":
+            point["window"] = None  # only the SWA self-decoder has a window
+        cases.append(Case(**point))
+    return cases
+
+
+def _matches(point: dict, exclude: dict) -> bool:
+    for name, v in exclude.items():
+        allowed = v if isinstance(v, list) else [v]
+        if point[name] not in allowed:
+            return False
+    return True
+
+
+def _check(path, name, value, allowed):
+    if value not in allowed:
+        raise UsageError(f"{path}: unknown {name} value {value!r}: valid values are {', '.join(map(str, allowed))}")
+
+
+def _validate(path: Path, name: str, value):
+    if name == "arch":
+        _check(path, name, value, ARCHS)
+    elif name == "preset":
+        _check(path, name, value, tuple(PRESETS))
+    elif name == "bitnet":
+        _check(path, name, value, BITNET_MODES)
+    elif name == "dtype":
+        _check(path, name, value, DTYPES)
+    elif name == "backend":
+        if not isinstance(value, str):
+            raise UsageError(f"{path}: backend must be a string like 'torch' or 'fla+flash_attn', got {value!r}")
+        for part in value.split("+"):
+            if part not in BACKEND_PARTS:
+                raise UsageError(f"{path}: unknown backend part {part!r} in {value!r}: "
+                                 f"valid parts are {', '.join(BACKEND_PARTS)}")
+    elif name == "compile":
+        if not isinstance(value, bool):
+            raise UsageError(f"{path}: compile values must be true or false, got {value!r}")
+    elif name in ("batch", "seq_len", "gen_len", "window"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{path}: {name} values must be integers >= 1, got {value!r}")
+    return value
+
+
+def optional_parts(cases: list[Case]) -> set[str]:
+    return {p for c in cases for p in c.backend.split("+")} - {"torch"}
+
+
+def check_backends_usable(cases: list[Case], device: str, present: dict[str, str | None]):
+    """Optional backend parts run only on CUDA and only where they import: else a usage error."""
+    for case in cases:
+        for part in case.backend.split("+"):
+            if part == "torch":
+                continue
+            if device != "cuda":
+                raise UsageError(f"backend {case.backend!r} (case {case.case_id}) needs --device cuda; "
+                                 f"on {device} only 'torch' is usable")
+            if not present.get(part):
+                raise UsageError(f"backend part {part!r} (case {case.case_id}) is not installed here: "
+                                 f"usable parts are torch{''.join(', ' + k for k, v in present.items() if v)}")
+
+
+def select(cases: list[Case], only: list[str] | None = None, shard: tuple[int, int] | None = None) -> list[Case]:
+    """--only keeps the named case ids; --shard I/N keeps every N-th case starting at the I-th."""
+    if only:
+        known = {c.case_id for c in cases}
+        missing = [c for c in only if c not in known]
+        if missing:
+            raise UsageError(f"--only names case id {missing[0]!r}, which the suite does not have "
+                             f"(see `python -m bench run --suite NAME --dry-run`)")
+        cases = [c for c in cases if c.case_id in set(only)]
+    if shard:
+        i, n = shard
+        cases = cases[i - 1::n]
+    return cases
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"bad --shard {text!r}: expected I/N with 1 <= I <= N, e.g. 1/2") from None
+    if not 1 <= i <= n:
+        raise UsageError(f"bad --shard {text!r}: expected I/N with 1 <= I <= N, e.g. 1/2")
+    return i, n
