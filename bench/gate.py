@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import csv
 import io
+import json
 import os
 import shutil
 import signal
@@ -234,6 +235,18 @@ def run_suite(tree: Path, run_dir: Path, suite: str, args, only: list[str] | Non
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
         raise TreeFailed(f"`python {' '.join(command[1:])}` in {tree} wrote no results (exit {result.returncode}):\n"
                          f"{tail}")
+    check_imported_from(tree, run_dir)
+
+
+def check_imported_from(tree: Path, run_dir: Path):
+    """A run that imported another tree's bench would compare a tree with itself: refuse."""
+    try:
+        command = json.loads((run_dir / "env.json").read_text()).get("command", "")
+    except (OSError, ValueError, AttributeError):
+        return  # compare reports an unreadable env.json
+    script = command.split()[0] if isinstance(command, str) and command else ""
+    if script.endswith("__main__.py") and not Path(script).resolve().is_relative_to(tree.resolve()):
+        raise GateError(f"the run for {tree} imported bench from {script}: check PYTHONPATH and installed copies")
 
 
 def plant(run_dir: Path):

@@ -56,7 +56,9 @@ FAKE_MAIN = textwrap.dedent('''
         w.writerow(["case_id", "kv_cache_bytes", "params", "status", "error"])
         for case in cases:
             w.writerow([case, speed.get(f"{case}/kv_cache_bytes", 4096), 1000, "ok", ""])
-    (out / "env.json").write_text(json.dumps({"suite": a.suite, "device": "cpu", "device_name": "fake"}))
+    command = os.environ.get("FAKE_BENCH_COMMAND", " ".join(sys.argv))  # argv[0]: this __main__.py
+    (out / "env.json").write_text(json.dumps({"suite": a.suite, "device": "cpu", "device_name": "fake",
+                                              "command": command}))
 ''')
 
 
@@ -174,6 +176,13 @@ def test_working_tree_that_cannot_run_fails_and_cleans_up(repo, capsys):
     assert run_gate("--base", "HEAD", "--out", str(repo.parent / "out")) == 1
     err = capsys.readouterr().err
     assert "wrote no results" in err and "fake bench: crashed" in err
+    assert_no_worktree_left(repo)
+
+
+def test_a_run_that_imported_another_tree_is_refused(repo, capsys, monkeypatch):
+    monkeypatch.setenv("FAKE_BENCH_COMMAND", "/elsewhere/bench/__main__.py run --suite smoke")
+    assert run_gate("--base", "HEAD", "--out", str(repo.parent / "out")) == 2
+    assert "imported bench from /elsewhere/bench/__main__.py" in capsys.readouterr().err
     assert_no_worktree_left(repo)
 
 
