@@ -164,19 +164,24 @@ def lowbit_matmul_reference(x_codes: torch.Tensor, packed: torch.Tensor, mode: s
     return F.linear(x_codes.float(), w_codes.float()).to(torch.int32)
 
 
+_kernels = None  # yoco.ops.bitlinear_triton once imported; False where triton does not import
+
+
 def triton_available() -> bool:
-    try:
-        from yoco.ops import bitlinear_triton  # noqa: F401
-    except Exception:  # absent or broken triton: the reference serves
-        return False
-    return True
+    global _kernels
+    if _kernels is None:
+        try:
+            from yoco.ops import bitlinear_triton
+        except Exception:  # absent or broken triton: the reference serves
+            _kernels = False
+        else:
+            _kernels = bitlinear_triton
+    return _kernels is not False
 
 
 def bitlinear(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, mode: str,
               in_features: int) -> torch.Tensor:
-    """Packed BitLinear forward: the Triton W2A8 / W1A8 kernel on CUDA, the reference elsewhere."""
+    """Packed BitLinear forward: the Triton W2A8 / W1A8 kernels on CUDA, the reference elsewhere."""
     if x.is_cuda and triton_available():
-        from yoco.ops.bitlinear_triton import bitlinear_triton
-
-        return bitlinear_triton(x, packed, w_scale, mode, in_features)
+        return _kernels.bitlinear_triton(x, packed, w_scale, mode, in_features)
     return bitlinear_reference(x, packed, w_scale, mode, in_features)
