@@ -26,8 +26,8 @@ from bench.suite import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS_DIR = Path("results/runs")
-# Testing hook: "oom:TEXT" or "crash:TEXT" makes every case whose id contains TEXT raise an
-# out-of-memory error or die by SIGKILL inside its process.
+# Testing hook, a comma list of KIND:TEXT: every case whose id contains TEXT, inside its own
+# process, raises an out-of-memory error (oom), dies by SIGKILL (crash) or sleeps 600 s (hang).
 INJECT_ENV = "YOCO_BENCH_INJECT"
 
 
@@ -37,9 +37,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv or ["run"])
+        # From the command line, start the case server at once (it loads torch meanwhile).
+        args.early_start = from_command_line
         return args.func(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -91,7 +94,7 @@ def build_parser() -> Parser:
 # ---- run ----
 
 def cmd_run(args) -> int:
-    if not args.dry_run:
+    if args.early_start and not args.dry_run:
         from bench import isolation
 
         isolation.start()  # the case server loads torch while this process reads the suite
@@ -255,14 +258,14 @@ def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: b
         report.write_env(out / "env.json", env)
 
     todo = [c for c in cases if c.case_id not in done]
-    inject_kind, _, inject_match = os.environ.get(INJECT_ENV, "").partition(":")
+    injections = [item.partition(":")[::2] for item in os.environ.get(INJECT_ENV, "").split(",") if item]
     print(f"{suite.name}: {len(todo)} of {len(cases)} cases to run on {device} -> {out}", file=sys.stderr)
     bar = Progress(len(todo))
     backends_present = ";".join(f"{k}={v}" for k, v in sorted(present.items()) if v)
     for case in todo:
         bar.show(case.case_id)
         t0 = time.perf_counter()
-        inject = inject_kind if inject_kind and inject_match and inject_match in case.case_id else None
+        inject = next((kind for kind, match in injections if match and match in case.case_id), None)
         row, samples = runner.run_case(case, device, run.repeats, suite.warmup, env, inject, run.threads)
         row = {**case.axes(), **row, "case_id": case.case_id,
                "self_decoder": case.self_decoder, "device": device, "device_name": env.get("device_name"),

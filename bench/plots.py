@@ -68,16 +68,20 @@ def plot_peak_memory(df, env, out):
     data = main_slice(df).dropna(subset=["peak_mem_decode_bytes"])
     if data.empty:
         return None
-    source = "CUDA allocator peak" if env.get("device") == "cuda" else "peak RSS of the case process"
+    if env.get("device") == "cuda":
+        source = "CUDA allocator peak"
+    else:  # the process's own footprint (Python, torch) would hide the model's
+        source = "peak RSS of the case process above its RSS before the model was built"
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for arch, label, group in _series(data):
         style = STYLE.get(arch, {})
-        ax.plot(group["seq_len"], group["peak_mem_decode_bytes"] / MB, label=f"{label} decode", **style)
-        ax.plot(group["seq_len"], group["peak_mem_prefill_bytes"] / MB, label=f"{label} prefill",
+        base = group["mem_before_model_bytes"].fillna(0) if "mem_before_model_bytes" in group else 0
+        ax.plot(group["seq_len"], (group["peak_mem_decode_bytes"] - base) / MB, label=f"{label} decode", **style)
+        ax.plot(group["seq_len"], (group["peak_mem_prefill_bytes"] - base) / MB, label=f"{label} prefill",
                 linestyle=":", color=style.get("color"), marker=style.get("marker"), fillstyle="none")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("prompt length seq_len (tokens)")
-    ax.set_ylabel(f"peak memory (MiB, {source})")
+    ax.set_ylabel("peak memory (MiB)")
+    ax.set_xlabel(f"prompt length seq_len (tokens)\n{source}", fontsize=8)
     ax.set_title(_title("Peak memory", data, env))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
@@ -94,13 +98,11 @@ def plot_kv_cache(df, env, out):
         style = STYLE.get(arch, {})
         tokens = group["seq_len"] + group["gen_len"]
         ax.plot(tokens, group["kv_cache_bytes"] / MB, linestyle="none", label=f"{label} measured", **style)
+        ax.plot(tokens, group["kv_cache_bytes_formula"] / MB, color=style.get("color"), linewidth=1)
+        # Beyond the last point the cache is affine in its length (an SWA ring is full by then).
         fixed, per_token = group["kv_cache_fixed_bytes"].iloc[-1], group["kv_cache_bytes_per_token"].iloc[-1]
-        if np.isnan(fixed) or np.isnan(per_token):
-            continue
-        lo, hi = tokens.min(), tokens.max()
-        span = np.geomspace(lo, hi, 50)
-        ax.plot(span, (fixed + per_token * span) / MB, color=style.get("color"), linewidth=1)
-        if hi < ONE_MILLION:
+        hi = tokens.max()
+        if hi < ONE_MILLION and not (np.isnan(fixed) or np.isnan(per_token)):
             ext = np.geomspace(hi, ONE_MILLION, 50)
             ax.plot(ext, (fixed + per_token * ext) / MB, color=style.get("color"), linestyle="--", linewidth=1,
                     label=f"{label} formula (extrapolated)")

@@ -1,23 +1,26 @@
 """How a case runs: built, timed and measured in a process of its own.
 
-Each case is a fork of a "forkserver" process that imported torch, yoco and baselines but never
-ran a torch op (forking after OpenMP or CUDA start-up is unsafe), so a case pays no import cost
-and one that runs out of memory, crashes or is killed leaves the next one untouched. The parent
-only writes rows: a child that dies without answering gets a row saying how it died.
+Each case is a fork of a server process that imported torch and the models but computed nothing
+(bench.isolation), so a case pays no import cost and one that runs out of memory, crashes or is
+killed leaves the next one untouched. The parent only writes rows: a child that dies without
+answering gets a row saying how it died.
 
 The phases of a case, in order: build (skipped, with the estimate, if weights + cache would not
 fit), warm-up prefills (compilation happens here, never timed), a memory pass (one prefill, then
-gen_len decode steps, each phase with its own peak reset; this doubles as the decode warm-up),
-then the timed phase: `repeats` prefills, and after one more prefill gen_len decode steps split
-into `repeats` consecutive blocks. Before every timed repeat the case's calibration workload is
-timed, and every sample is stored with it.
+gen_len decode steps, each phase with its own peak reset; it is the last warm-up of both), then
+the timed phase: `repeats` prefills, and from the sequence the last of them left in the cache,
+gen_len decode steps split into `repeats` consecutive blocks. Before every timed repeat the
+case's calibration workload (bench.roofline.Calibration) is timed and stored with the sample.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 import signal
+import time
 import traceback
 
 import numpy as np
@@ -27,7 +30,7 @@ from bench import roofline
 from bench.isolation import one_line, run_isolated
 from bench.roofline import DTYPES
 from bench.suite import Case
-from bench.trackers import PeakMemory, device_memory_bytes, quantiles, time_ms
+from bench.trackers import PeakMemory, current_memory_bytes, device_memory_bytes, quantiles, time_ms
 from yoco.config import PRESETS
 
 OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
@@ -57,15 +60,26 @@ def build_model(case: Case, device: str):
 
 
 def estimate(case: Case) -> dict:
-    """Sizes from a model built on the meta device: no memory, no time."""
+    """Sizes from a model built on the meta device: no memory, no time. Built with the torch
+    backend (sizes do not depend on it), so a dry run lists cases whose backend is absent here."""
+    # The cache key keeps only what the model depends on (max_seq_len grows past the preset's).
+    length = max(case.seq_len + case.gen_len, PRESETS[case.preset]["max_seq_len"])
+    key = dataclasses.replace(case, backend="torch", batch=1, seq_len=1, gen_len=length - 1)
+    model, params, weight_bytes = _meta_model(key)
+    cache = model.kv_cache_bytes(case.batch, case.seq_len + case.gen_len)
+    return dict(params=params, weight_bytes=weight_bytes, kv_cache_bytes_formula=cache,
+                estimated_bytes=weight_bytes + cache,
+                prefill_flops=roofline.prefill_flops(model.config, case.arch, case.batch, case.seq_len))
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_model(case: Case):
+    """(model, params, weight bytes) on meta; cached: a dry run of big suites builds each twin once."""
     model = build_model(case, "meta")
     weight_bytes = model.weight_bytes()
     if case.bitnet != "none":
         weight_bytes = _packed_weight_bytes(model, case.bitnet)
-    cache = model.kv_cache_bytes(case.batch, case.seq_len + case.gen_len)
-    return dict(params=model.num_parameters(), weight_bytes=weight_bytes, kv_cache_bytes_formula=cache,
-                estimated_bytes=weight_bytes + cache,
-                prefill_flops=roofline.prefill_flops(model.config, case.arch, case.batch, case.seq_len))
+    return model, model.num_parameters(), weight_bytes
 
 
 def _packed_weight_bytes(model, bitnet: str) -> int:
@@ -103,6 +117,8 @@ def measure_case(case: Case, device: str, repeats: int, warmup: int, ceilings: d
             raise OOM_ERRORS[0]("injected out-of-memory error (YOCO_BENCH_INJECT)")
         if inject == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
+        if inject == "hang":
+            time.sleep(600)
         _measure(case, device, repeats, warmup, ceilings, row, samples)
         row["status"] = "ok"
     except OOM_ERRORS as e:
@@ -120,6 +136,7 @@ def measure_case(case: Case, device: str, repeats: int, warmup: int, ceilings: d
 def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict, row: dict, samples: list):
     torch.manual_seed(0)
     with torch.inference_mode():
+        row["mem_before_model_bytes"] = current_memory_bytes(device)
         model = build_model(case, device)
         row.update(params=model.num_parameters(), weight_bytes=model.weight_bytes(), backend=model.config.backend)
         cfg = model.config
@@ -139,8 +156,8 @@ def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
             warmup = max(warmup, 2 if device == "cuda" else 1)
         prefill, step = model.prefill, model.decode_step
 
-        # Warm-up (and compilation): never timed.
-        for _ in range(warmup):
+        # Warm-up (and compilation): never timed. The memory pass below is the last warm-up.
+        for _ in range(warmup if case.compile else max(warmup - 1, 0)):
             nxt = prefill(tokens, cache).argmax(-1)
             for _ in range(min(2, case.gen_len)):
                 nxt = step(nxt, cache).argmax(-1)
@@ -166,14 +183,15 @@ def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
             samples.append(dict(case_id=case.case_id, metric=metric, repeat=r, value=value, calibration_ms=cal,
                                 normalized=value / cal if cal > 0 else math.nan))
 
-        prefill_ms = []
+        prefill_ms, last = [], {}
         for r in range(repeats):
             cal = calibration.measure_ms()
-            ms = time_ms(lambda: prefill(tokens, cache), device)
+            ms = time_ms(lambda: last.update(logits=prefill(tokens, cache)), device)
             prefill_ms.append(ms)
             sample("prefill_ms", r, ms, cal)
 
-        nxt = prefill(tokens, cache).argmax(-1)
+        # Decode continues the sequence the last timed prefill left in the cache.
+        nxt = last["logits"].argmax(-1)
         blocks = np.array_split(np.arange(case.gen_len), min(repeats, case.gen_len))
         step_ms, decode_total_ms = [], 0.0
         for r, block in enumerate(blocks):

@@ -69,6 +69,17 @@ def _reset_vm_hwm() -> bool:
     return True
 
 
+def current_memory_bytes(device: str) -> float:
+    """Memory in use now: the allocator's on CUDA, the process's resident set (VmRSS) on CPU."""
+    if device == "cuda":
+        return float(torch.cuda.memory_allocated())
+    try:
+        match = re.search(r"^VmRSS:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+    except OSError:
+        return math.nan
+    return float(match.group(1)) * 1024 if match else math.nan
+
+
 def nvml_used_bytes(device_index: int = 0) -> float:
     """Device-wide used memory from NVML (all processes: containers may hide our own PIDs)."""
     try:
