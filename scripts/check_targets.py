@@ -1,0 +1,295 @@
+"""Check a GPU run against the speed targets of issue 6: `python scripts/check_targets.py RUN_DIR [RUN_DIR ...]`.
+
+Reads results.csv and env.json of each run directory (a `python -m bench run` output) and prints
+every target as met / not met / not measured, with the measured value and the rows it came
+from. It computes nothing the run did not measure, except where a line says "formula".
+
+Rows count when status is ok (for "fits", a row that ran out of memory counts too), batch 1,
+bfloat16, bitnet none and (unless --any-device) device cuda: the targets are for an H100 in
+bf16. Where several rows match one figure (two runs, or eager and compiled), the least
+favourable one is reported.
+
+Targets:
+- decode MBU >= 0.7 for transformer, yoco-gret and yoco-swa at 1.4b and 3b with a 4K context
+  (compiled rows where there are any, else eager);
+- prefill MFU >= 0.5 for transformer at 8K..32K tokens;
+- YOCO prefill linear in N: least-squares slope of log(prefill_ms) on log(seq_len) over the
+  lengths >= 32K (at least two) under 1.2;
+- 3b YOCO at 1M tokens fits in 80 GB: the case ran and its reserved peak is <= 80e9 bytes;
+- our transformer at least as fast as hf-llama (medians, prefill and decode, same run and case);
+- the paper's ratios on 3b, met when ours reach the paper's figure: memory at 1M (9.4x; the
+  transformer by formula, weights + KV cache, where it was not measured), prefill at 1M (71.8x)
+  and at 32K (2.87x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured"
+YOCO_ARCHS = ("yoco-gret", "yoco-swa")
+MBU_TARGET, MFU_TARGET, SLOPE_TARGET = 0.7, 0.5, 1.2
+FIT_BYTES = 80e9  # "fits in 80 GB"
+ONE_M = 1 << 20
+PAPER = {"memory_1m": 9.4, "prefill_1m": 71.8, "prefill_32k": 2.87}
+
+
+@dataclass
+class Result:
+    target: str
+    scope: str
+    status: str
+    value: str
+    detail: str = ""
+
+
+def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[dict]]:
+    frames, envs = [], []
+    for d in run_dirs:
+        csv_path, env_path = d / "results.csv", d / "env.json"
+        if not csv_path.is_file() or not env_path.is_file():
+            raise ValueError(f"{d} is not a run directory: it needs results.csv and env.json")
+        env = json.loads(env_path.read_text())
+        df = pd.read_csv(csv_path, keep_default_na=False, na_values=[""])
+        df["run"] = str(d)
+        frames.append(df)
+        envs.append(env)
+    return pd.concat(frames, ignore_index=True), envs
+
+
+def in_scope(df: pd.DataFrame, any_device: bool) -> pd.DataFrame:
+    """The rows the targets speak of, whatever their status (see the module docstring)."""
+    keep = (df["batch"] == 1) & (df["dtype"] == "bfloat16") & (df["bitnet"] == "none")
+    if not any_device:
+        keep &= df["device"] == "cuda"
+    return df[keep]
+
+
+def _compile_flag(series: pd.Series) -> pd.Series:
+    return series.astype(str).str.lower().isin(("true", "1"))
+
+
+def _fmt_len(n) -> str:
+    n = int(n)
+    return f"{n // ONE_M}M" if n % ONE_M == 0 else f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
+def _where(rows: pd.DataFrame) -> str:
+    return "; ".join(f"{r.case_id} in {r.run}" for r in rows.itertuples())
+
+
+def decode_mbu(df: pd.DataFrame) -> list[Result]:
+    out = []
+    for preset in ("1.4b", "3b"):
+        for arch in ("transformer", *YOCO_ARCHS):
+            rows = df[(df["arch"] == arch) & (df["preset"] == preset) & (df["seq_len"] == 4096)]
+            rows = rows[rows["decode_mbu"].notna()]
+            compiled = rows[_compile_flag(rows["compile"])]
+            rows = compiled if len(compiled) else rows
+            scope = f"{arch} {preset} 4K"
+            if rows.empty:
+                out.append(Result("decode MBU >= 0.7", scope, NOT_MEASURED, "-"))
+                continue
+            worst = rows.loc[rows["decode_mbu"].idxmin()]
+            mode = "compiled" if len(compiled) else "eager only"
+            out.append(Result("decode MBU >= 0.7", scope, MET if worst["decode_mbu"] >= MBU_TARGET else NOT_MET,
+                              f"{worst['decode_mbu']:.3f}", f"{mode}; {worst['case_id']} in {worst['run']}"))
+    return out
+
+
+def prefill_mfu(df: pd.DataFrame) -> list[Result]:
+    rows = df[(df["arch"] == "transformer") & df["seq_len"].between(8192, 32768) & df["prefill_mfu"].notna()]
+    if rows.empty:
+        return [Result("prefill MFU >= 0.5", "transformer 8K-32K", NOT_MEASURED, "-")]
+    out = []
+    for (preset, seq_len), group in rows.groupby(["preset", "seq_len"]):
+        worst = group.loc[group["prefill_mfu"].idxmin()]
+        out.append(Result("prefill MFU >= 0.5", f"transformer {preset} {_fmt_len(seq_len)}",
+                          MET if worst["prefill_mfu"] >= MFU_TARGET else NOT_MET, f"{worst['prefill_mfu']:.3f}",
+                          f"{worst['case_id']} in {worst['run']}"))
+    return out
+
+
+def loglog_slope(seq_lens, times) -> float:
+    """Least-squares slope of log(time) against log(length)."""
+    slope, _ = np.polyfit(np.log(np.asarray(seq_lens, dtype=float)), np.log(np.asarray(times, dtype=float)), 1)
+    return float(slope)
+
+
+def yoco_prefill_slope(df: pd.DataFrame) -> list[Result]:
+    out = []
+    rows = df[df["arch"].isin(YOCO_ARCHS) & (df["seq_len"] >= 32768) & df["prefill_ms"].notna()]
+    keys = ["run", "arch", "preset", "window", "backend", "compile"]
+    for key, group in rows.groupby(keys, dropna=False):
+        if group["seq_len"].nunique() < 2:
+            continue
+        run, arch, preset, window, backend, compiled = key
+        group = group.sort_values("seq_len")
+        slope = loglog_slope(group["seq_len"], group["prefill_ms"])
+        w = f" w{int(window)}" if arch == "yoco-swa" and not pd.isna(window) else ""
+        scope = (f"{arch}{w} {preset} {backend}{' compiled' if str(compiled).lower() == 'true' else ''}, "
+                 f"{_fmt_len(group['seq_len'].min())}-{_fmt_len(group['seq_len'].max())}")
+        out.append(Result("YOCO prefill slope < 1.2", scope, MET if slope < SLOPE_TARGET else NOT_MET,
+                          f"{slope:.3f}", f"{len(group)} lengths in {run}"))
+    if not out:
+        out.append(Result("YOCO prefill slope < 1.2", "yoco >= 32K", NOT_MEASURED, "-",
+                          "needs two or more lengths >= 32K for one YOCO arch"))
+    return out
+
+
+def peak_bytes(row) -> float:
+    """The larger of the prefill and decode peaks: reserved (what the process held) where recorded."""
+    values = [row.get(f"peak_mem_{p}_reserved_bytes") for p in ("prefill", "decode")]
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        values = [row.get(f"peak_mem_{p}_bytes") for p in ("prefill", "decode")]
+        values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(max(values)) if values else math.nan
+
+
+def fits_1m(df: pd.DataFrame, scoped: pd.DataFrame) -> list[Result]:
+    out = []
+    for arch in YOCO_ARCHS:
+        scope = f"{arch} 3b 1M"
+        rows = df[(df["arch"] == arch) & (df["preset"] == "3b") & (df["seq_len"] == ONE_M)]
+        if rows.empty:
+            tried = scoped[(scoped["arch"] == arch) & (scoped["preset"] == "3b") & (scoped["seq_len"] == ONE_M)]
+            if len(tried):  # out of memory, or skipped because weights + cache exceed the device
+                r = tried.iloc[0]
+                out.append(Result("3b at 1M fits in 80 GB", scope, NOT_MET, str(r["status"]),
+                                  f"{r.get('error', '')}"[:160]))
+            else:
+                out.append(Result("3b at 1M fits in 80 GB", scope, NOT_MEASURED, "-"))
+            continue
+        worst = max((peak_bytes(r) for _, r in rows.iterrows()), default=math.nan)
+        status = NOT_MEASURED if math.isnan(worst) else MET if worst <= FIT_BYTES else NOT_MET
+        out.append(Result("3b at 1M fits in 80 GB", scope, status, f"{worst / 1e9:.1f} GB",
+                          "peak reserved (allocator), prefill or decode; " + _where(rows)))
+    return out
+
+
+def ours_vs_hf(df: pd.DataFrame) -> list[Result]:
+    keys = ["run", "preset", "seq_len", "backend", "compile"]
+    cols = keys + ["prefill_ms", "decode_ms_per_step"]
+    joined = pd.merge(df[df["arch"] == "transformer"][cols], df[df["arch"] == "hf-llama"][cols], on=keys,
+                      suffixes=("_ours", "_hf")).set_index(keys)
+    if joined.empty:
+        return [Result("transformer at least as fast as hf-llama", "same run and case", NOT_MEASURED, "-",
+                       "needs transformer and hf-llama rows of the same case in one run")]
+    out = []
+    for key, r in joined.iterrows():
+        run, preset, seq_len, backend, compiled = key
+        for col, label in (("prefill_ms", "prefill"), ("decode_ms_per_step", "decode")):
+            a, b = r[f"{col}_hf"], r[f"{col}_ours"]
+            scope = f"{label} {preset} {_fmt_len(seq_len)}{' compiled' if str(compiled).lower() == 'true' else ''}"
+            if not (a > 0 and b > 0):
+                out.append(Result("transformer at least as fast as hf-llama", scope, NOT_MEASURED, "-"))
+                continue
+            out.append(Result("transformer at least as fast as hf-llama", scope, MET if b <= a else NOT_MET,
+                              f"hf/ours {a / b:.3f}", f"ours {b:.4g} ms, hf-llama {a:.4g} ms, medians; {run}"))
+    return out
+
+
+def paper_ratios(df: pd.DataFrame, scoped: pd.DataFrame) -> list[Result]:
+    out = []
+    base_all = scoped[(scoped["arch"] == "transformer") & (scoped["preset"] == "3b")]
+    for arch in YOCO_ARCHS:
+        yoco = df[(df["arch"] == arch) & (df["preset"] == "3b")]
+        base = df[(df["arch"] == "transformer") & (df["preset"] == "3b")]
+        # memory at 1M: YOCO measured; the baseline measured if it ran, else weights + KV cache by formula
+        y = yoco[yoco["seq_len"] == ONE_M]
+        b = base[base["seq_len"] == ONE_M]
+        scope = f"3b 1M, transformer / {arch}"
+        if y.empty:
+            out.append(Result("memory ratio (paper 9.4x)", scope, NOT_MEASURED, "-", "no YOCO row at 1M"))
+        else:
+            y_bytes = max(peak_bytes(r) for _, r in y.iterrows())
+            if len(b):
+                b_bytes, how = min(peak_bytes(r) for _, r in b.iterrows()), "both measured"
+            else:
+                est = base_all[base_all["seq_len"] == ONE_M]["estimated_bytes"].dropna()
+                b_bytes = float(est.min()) if len(est) else math.nan
+                how = "transformer by formula (weights + KV cache, no activations), YOCO measured"
+            if math.isnan(b_bytes) or math.isnan(y_bytes):
+                out.append(Result("memory ratio (paper 9.4x)", scope, NOT_MEASURED, "-", how))
+            else:
+                ratio = b_bytes / y_bytes
+                out.append(Result("memory ratio (paper 9.4x)", scope, MET if ratio >= PAPER["memory_1m"] else NOT_MET,
+                                  f"{ratio:.2f}x", f"{b_bytes / 1e9:.1f} GB / {y_bytes / 1e9:.1f} GB; {how}"))
+        for seq_len, name, paper in ((ONE_M, "prefill ratio at 1M (paper 71.8x)", PAPER["prefill_1m"]),
+                                     (32768, "prefill ratio at 32K (paper 2.87x)", PAPER["prefill_32k"])):
+            scope = f"3b {_fmt_len(seq_len)}, transformer / {arch}"
+            y = yoco[(yoco["seq_len"] == seq_len) & yoco["prefill_ms"].notna()]
+            b = base[(base["seq_len"] == seq_len) & base["prefill_ms"].notna()]
+            if y.empty or b.empty:
+                both = set(yoco.dropna(subset=["prefill_ms"])["seq_len"]) & set(
+                    base.dropna(subset=["prefill_ms"])["seq_len"])
+                note = ""
+                if both:
+                    n = max(both)
+                    at_n = (base[base["seq_len"] == n]["prefill_ms"].min()
+                            / yoco[yoco["seq_len"] == n]["prefill_ms"].max())
+                    note = f"longest length with both measured: {_fmt_len(n)}, where the ratio is {at_n:.2f}x"
+                out.append(Result(name, scope, NOT_MEASURED, "-", note))
+                continue
+            ratio = b["prefill_ms"].min() / y["prefill_ms"].max()  # least favourable to YOCO
+            out.append(Result(name, scope, MET if ratio >= paper else NOT_MET, f"{ratio:.2f}x",
+                              f"transformer {b['prefill_ms'].min():.4g} ms, {arch} {y['prefill_ms'].max():.4g} ms"))
+    return out
+
+
+def check(run_dirs: list[Path], any_device: bool = False) -> tuple[list[Result], list[dict]]:
+    all_rows, envs = load_runs(run_dirs)
+    scoped = in_scope(all_rows, any_device)
+    df = scoped[scoped["status"] == "ok"]
+    results = (decode_mbu(df) + prefill_mfu(df) + yoco_prefill_slope(df) + fits_1m(df, scoped)
+               + ours_vs_hf(df) + paper_ratios(df, scoped))
+    return results, envs
+
+
+def render(results: list[Result], envs: list[dict], run_dirs: list[Path]) -> str:
+    lines = []
+    for d, env in zip(run_dirs, envs):
+        bw = env.get("copy_bandwidth_bytes_s") or math.nan
+        mm = (env.get("matmul_flops_s_by_dtype") or {}).get("bfloat16", math.nan)
+        lines.append(f"run {d}: suite {env.get('suite')}, {env.get('device')} ({env.get('device_name')}), "
+                     f"commit {env.get('git_commit')}, torch {(env.get('versions') or {}).get('torch')}; "
+                     f"measured copy bandwidth {bw / 1e9:.1f} GB/s, bf16 matmul {mm / 1e12:.1f} TFLOP/s")
+        if env.get("device") != "cuda":
+            lines.append("  (not a CUDA run: the targets are for an H100; its rows count only with --any-device)")
+    width = max(len(r.target) for r in results)
+    scope_w = max(len(r.scope) for r in results)
+    for r in results:
+        lines.append(f"{r.target:<{width}}  {r.scope:<{scope_w}}  {r.status:<12}  {r.value:<14}  {r.detail}".rstrip())
+    counts = {s: sum(r.status == s for r in results) for s in (MET, NOT_MET, NOT_MEASURED)}
+    lines.append(f"{counts[MET]} met, {counts[NOT_MET]} not met, {counts[NOT_MEASURED]} not measured")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories of `python -m bench run`")
+    parser.add_argument("--any-device", action="store_true", help="count non-CUDA rows too (checking the checker)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        results, envs = check(args.run_dirs, args.any_device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(render(results, envs, args.run_dirs))
+    if args.json:
+        args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
