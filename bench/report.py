@@ -128,9 +128,9 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
     out = []
     for arch in ("yoco-gret", "yoco-swa"):
         yoco = df[df["arch"] == arch].set_index(keys)
-        joined = yoco.join(base, lsuffix="_yoco", rsuffix="_base", how="inner")
-        for key, r in joined.iterrows():
-            entry = dict(zip(keys, key, strict=True))
+        joined = yoco.reset_index().merge(base.reset_index(), on=keys, suffixes=("_yoco", "_base"))
+        for _, r in joined.iterrows():
+            entry = {k: r[k] for k in keys}
             entry["yoco"] = arch if arch != "yoco-swa" else f"yoco-swa (w{int(r['window_yoco'])})"
             for col, label, direction in RATIOS:
                 a, b = r[f"{col}_base"], r[f"{col}_yoco"]

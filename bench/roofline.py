@@ -56,29 +56,42 @@ def measure_ceilings(device: str, dtypes: list[str]) -> dict:
 
 def prefill_flops(config, arch: str, batch: int, seq_len: int) -> float:
     """Matmul FLOPs of one prefill of seq_len tokens (see the module docstring)."""
+    return sum(prefill_flops_parts(config, arch, batch, seq_len).values())
+
+
+def prefill_flops_parts(config, arch: str, batch: int, seq_len: int) -> dict[str, float]:
+    """{"dense": projections, FFNs, LM head and gRet's chunkwise products (plain matmuls),
+    "attention": softmax attention's QK^T and PV (causal: the lower triangle only)}."""
     c, N = config, seq_len
     d, V, ffn = c.d_model, c.vocab_size, c.ffn_dim
     attn_width, kv_width = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
     ffn_flops = 2 * 3 * d * ffn  # per token
     lm_head = 2 * d * V  # last position only
     if arch == "transformer":
-        per_layer = N * (2 * d * (2 * attn_width + 2 * kv_width) + ffn_flops) + 2 * attn_width * N * (N + 1)
-        return float(batch * (c.n_layers * per_layer + lm_head))
+        dense = c.n_layers * N * (2 * d * (2 * attn_width + 2 * kv_width) + ffn_flops) + lm_head
+        attention = c.n_layers * 2 * attn_width * N * (N + 1)
+        return dict(dense=float(batch * dense), attention=float(batch * attention))
 
     n_self, n_cross = c.n_layers // 2, c.n_layers - c.n_layers // 2
     if arch == "yoco-gret":
+        # q, k, v, g, o (d -> d) and the decay (d -> heads); chunks of C (the last one padded,
+        # as computed): QK^T and (QK^T * D) V inside each (4 C^2 d), q S and the state update
+        # k^T v across chunks (4 C d d_h).
         C, dh = min(c.chunk_size, N), d // c.n_self_heads
-        mixer = N * 2 * (5 * d * d + d * c.n_self_heads) + 4 * N * C * d + 4 * N * d * dh
+        padded = -(-N // C) * C
+        mixer_dense = N * 2 * (5 * d * d + d * c.n_self_heads) + 4 * padded * C * d + 4 * padded * d * dh
+        mixer_attention = 0
     elif arch == "yoco-swa":
         W = c.window
         keys_seen = N * (N + 1) // 2 if N <= W else W * (W + 1) // 2 + (N - W) * W
-        mixer = N * 2 * 4 * d * d + 4 * d * keys_seen
+        mixer_dense, mixer_attention = N * 2 * 4 * d * d, 4 * d * keys_seen
     else:
         raise ValueError(f"unknown arch {arch!r}: valid archs are 'yoco-gret', 'yoco-swa', 'transformer'")
-    self_decoder = n_self * (mixer + N * ffn_flops)
     global_kv = N * 2 * d * 2 * kv_width
-    cross_layer = 2 * d * 2 * attn_width + ffn_flops + 4 * attn_width * N  # the last position only
-    return float(batch * (self_decoder + global_kv + n_cross * cross_layer + lm_head))
+    cross_dense = 2 * d * 2 * attn_width + ffn_flops  # early exit: the last position only
+    dense = n_self * (mixer_dense + N * ffn_flops) + global_kv + n_cross * cross_dense + lm_head
+    attention = n_self * mixer_attention + n_cross * 4 * attn_width * N
+    return dict(dense=float(batch * dense), attention=float(batch * attention))
 
 
 def embedding_bytes(model: nn.Module) -> int:

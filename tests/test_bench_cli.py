@@ -1,0 +1,265 @@
+"""`python -m bench` end to end on tiny suites: outputs and their schema, kill and resume,
+injected failures, shards and merge, plots from a CSV, and every usage error."""
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import cli, report
+from bench.suite import load_suite
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# Tiny and quick: 4 cases, short prompts and generations.
+MINI = """
+[suite]
+description = "test suite"
+repeats = 2
+warmup = 1
+threads = 1
+
+[axes]
+arch = ["yoco-gret", "yoco-swa", "transformer"]
+preset = ["tiny"]
+seq_len = [32]
+gen_len = [4]
+window = [16]
+
+[[sweep]]
+[[sweep]]
+arch = ["transformer"]
+seq_len = [64]
+"""
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def bench(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=kwargs.pop("cwd", REPO), capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=240, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def mini_suite(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("suite") / "mini.toml"
+    path.write_text(MINI)
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The CI suite, once, exactly as a user runs it."""
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    done = bench("run", "--suite", "smoke", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return out, done
+
+
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory, mini_suite) -> Path:
+    out = tmp_path_factory.mktemp("mini") / "run"
+    assert cli.main(["run", "--suite", str(mini_suite), "--out", str(out)]) == 0
+    return out
+
+
+def test_smoke_end_to_end(smoke_run):
+    out, done = smoke_run
+    results = rows(out / "results.csv")
+    assert list(results[0]) == report.COLUMNS
+    assert {r["case_id"] for r in results} == {c.case_id for c in load_suite("smoke").cases}
+    assert {r["status"] for r in results} == {"ok"}, [r["error"] for r in results]
+    for r in results:
+        assert int(r["kv_cache_bytes"]) == int(r["kv_cache_bytes_formula"]) > 0
+        assert float(r["prefill_ms_p25"]) <= float(r["prefill_ms"]) <= float(r["prefill_ms_p75"])
+        step = [float(r[f"decode_ms_per_step{q}"]) for q in ("_p25", "", "_p75")]
+        assert step[0] <= step[1] <= step[2]
+        assert float(r["decode_tok_s"]) > 0 and float(r["prefill_tok_s"]) > 0
+        assert 0 < float(r["prefill_mfu"]) < 1.5 and 0 < float(r["decode_mbu"]) < 1.5
+        assert float(r["peak_mem_decode_bytes"]) > float(r["mem_before_model_bytes"]) > 0
+        assert r["device"] == "cpu" and r["memory_source"].startswith("cpu_vmhwm")
+        assert int(r["weight_bytes"]) > 0 and int(r["params"]) > 0
+    # The baseline's cache grows with the prompt, L-fold faster per token than YOCO's global cache.
+    base = sorted((int(r["seq_len"]), int(r["kv_cache_bytes"])) for r in results if r["arch"] == "transformer")
+    gret = sorted((int(r["seq_len"]), int(r["kv_cache_bytes"])) for r in results if r["arch"] == "yoco-gret")
+    slope = lambda pts: (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])  # noqa: E731
+    assert slope(base) == pytest.approx(4 * slope(gret))  # tiny: 4 layers, same K/V heads and width
+
+    samples = rows(out / "samples.csv")
+    assert list(samples[0]) == report.SAMPLE_COLUMNS
+    repeats = load_suite("smoke").repeats
+    assert len(samples) == len(results) * 2 * repeats
+    assert {s["metric"] for s in samples} == set(report.TIMING_METRICS)
+    for s in samples:
+        assert float(s["normalized"]) == pytest.approx(float(s["value"]) / float(s["calibration_ms"]))
+
+    env = json.loads((out / "env.json").read_text())
+    for key in ("suite", "device", "device_name", "git_commit", "versions", "threads", "backends",
+                "copy_bandwidth_bytes_s", "matmul_flops_s", "memory_measurement"):
+        assert key in env, key
+    assert env["suite"] == "smoke" and env["copy_bandwidth_bytes_s"] > 0 and env["matmul_flops_s"] > 0
+
+    pngs = sorted((out / "plots").glob("*.png"))
+    assert {p.stem for p in pngs} >= {"prefill_latency", "decode_throughput", "peak_memory", "kv_cache"}
+    assert all(p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 5000 for p in pngs)
+    summary = (out / "summary.md").read_text()
+    assert env["device_name"] in summary and "KV cache: baseline / YOCO" in summary
+    assert "transformer" in done.stdout and str(out / "results.csv") in done.stdout  # table and paths printed
+
+
+def test_kill_then_resume_loses_nothing_and_doubles_nothing(tmp_path, mini_suite):
+    out = tmp_path / "run"
+    cases = load_suite(str(mini_suite)).cases
+    # The second case hangs, so the kill lands while it is in flight, after the first was written.
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(mini_suite), "--out", str(out)],
+                            cwd=REPO, env={**os.environ, cli.INJECT_ENV: f"hang:{cases[1].case_id}"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not ((out / "results.csv").exists() and len(rows(out / "results.csv")) >= 1):
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(rows(out / "results.csv")) == 1
+    # A torn half-line, as a kill during a write would leave.
+    with open(out / "samples.csv", "a") as f:
+        f.write(f"{cases[1].case_id},prefill_ms,0,1.2")
+
+    assert cli.main(["run", "--resume", str(out)]) == 0
+    results = rows(out / "results.csv")
+    assert sorted(r["case_id"] for r in results) == sorted(c.case_id for c in cases)
+    assert {r["status"] for r in results} == {"ok"}
+    samples = rows(out / "samples.csv")
+    per_case = {c.case_id: sum(s["case_id"] == c.case_id for s in samples) for c in cases}
+    assert set(per_case.values()) == {2 * 2}  # prefill + decode, 2 repeats each, once
+    assert (out / "summary.md").exists()
+
+
+def test_injected_oom_and_crash_record_rows_and_the_sweep_goes_on(tmp_path, mini_suite, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv(cli.INJECT_ENV, "oom:transformer-tiny-b1-s32,crash:yoco-swa")
+    assert cli.main(["run", "--suite", str(mini_suite), "--out", str(out)]) == 0
+    status = {r["case_id"].split("-tiny")[0] + "-" + r["seq_len"]: r for r in rows(out / "results.csv")}
+    assert status["transformer-32"]["status"] == "oom" and "OutOfMemoryError" in status["transformer-32"]["error"]
+    assert status["yoco-swa-32"]["status"] == "oom" and "SIGKILL" in status["yoco-swa-32"]["error"]
+    assert status["yoco-gret-32"]["status"] == "ok" and status["transformer-64"]["status"] == "ok"
+    # The failed rows still name their case and carry its estimate.
+    assert int(status["transformer-32"]["kv_cache_bytes_formula"]) > 0
+    assert status["yoco-swa-32"]["arch"] == "yoco-swa"
+
+
+def test_shards_merged_equal_the_unsharded_run(tmp_path, mini_suite, mini_run):
+    shards = [tmp_path / "s1", tmp_path / "s2"]
+    for i, d in enumerate(shards, start=1):
+        assert cli.main(["run", "--suite", str(mini_suite), "--shard", f"{i}/2", "--out", str(d)]) == 0
+    sizes = [len(rows(d / "results.csv")) for d in shards]
+    assert sizes == [2, 2]
+    merged = tmp_path / "merged"
+    assert cli.main(["merge", *map(str, shards), "--out", str(merged)]) == 0
+    whole = {r["case_id"] for r in rows(mini_run / "results.csv")}
+    assert {r["case_id"] for r in rows(merged / "results.csv")} == whole
+    assert len(rows(merged / "results.csv")) == len(whole)
+    assert len(rows(merged / "samples.csv")) == len(rows(mini_run / "samples.csv"))
+    assert (merged / "summary.md").exists() and list((merged / "plots").glob("*.png"))
+    # Merging a shard twice would double cases: refused.
+    assert cli.main(["merge", str(shards[0]), str(shards[0]), "--out", str(tmp_path / "m2")]) == 2
+
+
+def test_only_runs_just_the_named_cases(tmp_path, mini_suite):
+    wanted = [c.case_id for c in load_suite(str(mini_suite)).cases][::3]
+    out = tmp_path / "only"
+    assert cli.main(["run", "--suite", str(mini_suite), "--only", ",".join(wanted), "--out", str(out),
+                     "--repeats", "1"]) == 0
+    assert [r["case_id"] for r in rows(out / "results.csv")] == wanted
+    assert {r["repeats"] for r in rows(out / "results.csv")} == {"1"}
+
+
+def test_plot_regenerates_from_csv_alone(tmp_path, mini_run):
+    csv_copy = tmp_path / "results.csv"
+    csv_copy.write_bytes((mini_run / "results.csv").read_bytes())
+    assert cli.main(["plot", str(csv_copy), "--out", str(tmp_path / "p")]) == 0
+    pngs = list((tmp_path / "p").glob("*.png"))
+    assert {p.stem for p in pngs} >= {"prefill_latency", "kv_cache", "peak_memory", "decode_throughput"}
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
+
+
+def test_list_names_suites_presets_modes_backends(capsys):
+    assert cli.main(["list"]) == 0
+    text = capsys.readouterr().out
+    for word in ("smoke", "default", "paper", "tiny", "3b", "1.58bit", "backends: torch"):
+        assert word in text
+
+
+def test_paper_dry_run_on_cpu_lists_cases_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert cli.main(["run", "--suite", "paper", "--dry-run", "--device", "cpu", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    cases = load_suite("paper").cases
+    assert all(c.case_id in text for c in cases) and "cannot build" not in text
+    assert "GiB" in text and not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--suite", "nope"], "unknown suite 'nope'"),
+    (["run", "--suite", "smoke", "--shard", "3/2"], "bad --shard '3/2'"),
+    (["run", "--suite", "smoke", "--only", "nope"], "--only names case id 'nope'"),
+    (["run", "--suite", "smoke", "--repeats", "0"], "--repeats must be >= 1"),
+    (["run", "--suite", "paper", "--device", "cpu"], "suite 'paper' runs on cuda only"),
+    (["run", "--suite", "smoke", "--bogus"], "unrecognized arguments: --bogus"),
+    (["run", "--resume", "/nonexistent/run"], "not a run directory"),
+    (["plot", "/nonexistent/results.csv"], "neither a run directory"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_usage_errors_exit_2_with_one_message(args, message, capsys):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_usage_errors_write_nothing(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert cli.main(["run", "--suite", "smoke", "--out", str(blocker / "run")]) == 2
+    assert "cannot write to --out" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[axes]\nseq_len = [1,\narch = 3\n")
+    out = tmp_path / "out"
+    assert cli.main(["run", "--suite", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "line" in err and not out.exists()
+    value = tmp_path / "value.toml"
+    value.write_text('[axes]\nbackend = ["fla"]\n')
+    assert cli.main(["run", "--suite", str(value), "--out", str(out)]) == 2
+    assert "needs --device cuda" in capsys.readouterr().err and not out.exists()
+
+
+def test_existing_run_dir_needs_resume(mini_run, capsys):
+    assert cli.main(["run", "--suite", "smoke", "--out", str(mini_run)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu_is_a_usage_error_from_the_command_line(tmp_path):
+    done = bench("run", "--suite", "smoke", "--device", "cuda", "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "no CUDA GPU" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_failed_rows_have_nan_free_identity(mini_run):
+    for r in rows(mini_run / "results.csv"):
+        assert r["case_id"] and r["arch"] and r["preset"] == "tiny" and r["device_name"]
+        assert not math.isnan(float(r["kv_cache_bytes"]))
