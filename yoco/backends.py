@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import warnings
 
 # backend part -> (module to import, distribution that carries it)
 OPTIONAL = {
@@ -21,10 +22,8 @@ OPTIONAL = {
 def detect() -> dict[str, str | None]:
     """Each optional backend's version where it imports on this machine, else None."""
     found = {}
-    for name, (module, dist) in OPTIONAL.items():
-        try:
-            importlib.import_module(module)
-        except Exception:  # a broken install counts as absent, whatever it raises
+    for name, (_, dist) in OPTIONAL.items():
+        if not available(name):
             found[name] = None
             continue
         try:
@@ -37,8 +36,10 @@ def detect() -> dict[str, str | None]:
 def available(name: str) -> bool:
     module, _ = OPTIONAL[name]
     try:
-        importlib.import_module(module)
-    except Exception:
+        with warnings.catch_warnings():  # fla warns on import where there is no GPU
+            warnings.simplefilter("ignore")
+            importlib.import_module(module)
+    except Exception:  # a broken install counts as absent, whatever it raises
         return False
     return True
 
