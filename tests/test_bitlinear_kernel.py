@@ -4,7 +4,11 @@ On CPU they run under TRITON_INTERPRET=1 (tests/conftest.py) at small shapes; on
 same shapes plus one decode-sized shape. Skipped where triton does not import.
 """
 
+import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -104,3 +108,52 @@ def test_cuda_bitlinear_uses_kernel_and_matches_fake_quant(mode, monkeypatch):
         monkeypatch.setattr(kernels, "bitlinear_triton", lambda *a: calls.append(1) or real(*a))
         packed = layer(x)
     assert calls and torch.equal(packed, fake)
+
+
+COMPILE_FOR_GPUS = r"""
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from yoco.ops import bitlinear_triton as K
+
+matmul_sig = {"xq_ptr": "*i8", "w_ptr": "*u8", "x_scale_ptr": "*fp32", "w_scale_ptr": "*fp32",
+              "out_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "KP": "i32", "stride_xm": "i32",
+              "stride_wn": "i32", "stride_om": "i32", "BITS": "constexpr", "DEQUANT": "constexpr",
+              "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_KP": "constexpr"}
+quant_sig = {"x_ptr": "*bf16", "codes_ptr": "*i8", "scale_ptr": "*fp32", "K": "i32", "stride_xm": "i32",
+             "stride_cm": "i32", "BLOCK_K": "constexpr"}
+configs = K._matmul_configs()
+ptx = {}
+target = GPUTarget("cuda", 90, 32)  # the H100's; sm_80 lowers the same way (mma.sync), checked by hand
+for bits in (2, 1):
+    for cfg in (configs[0], configs[-2]):  # decode tiles, prefill tiles
+        src = ASTSource(fn=K._lowbit_matmul_kernel.fn, signature=matmul_sig,  # .fn: under the autotuner
+                        constexprs=dict(BITS=bits, DEQUANT=True, **cfg.kwargs))
+        k = triton.compile(src, target=target, options=dict(num_warps=cfg.num_warps))
+        ptx[f"matmul-{bits}bit-M{cfg.kwargs['BLOCK_M']}"] = k.asm["ptx"]
+src = ASTSource(fn=K._quantize_rows_kernel, signature=quant_sig, constexprs={"BLOCK_K": 1024})
+ptx["quantize"] = triton.compile(src, target=target).asm["ptx"]
+json.dump(ptx, sys.stdout)
+"""
+
+
+def test_kernels_compile_for_hopper_without_a_gpu(tmp_path):
+    """Lower the kernels to PTX for sm_90 (no GPU needed) and check what exactness rests
+    on: int8 tensor-core MMA with int32 sums, IEEE division, no fused multiply-add in the rounding."""
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, not interpret
+    env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", COMPILE_FOR_GPUS], env=env, cwd=root, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ptx = json.loads(run.stdout)
+    assert len(ptx) == 5
+    for name, code in ptx.items():
+        assert "div.full" not in code and "div.approx" not in code, name
+        if name.startswith("matmul"):
+            # mma.sync ... .s32.s8.s8.s32 (Ampere tiles) or wgmma ... .s32.s8.s8 (Hopper, M >= 64)
+            assert re.search(r"mma[a-z0-9_.]*\.s32\.s8\.s8", code) and "div.rn.f32" in code, name
+        else:
+            assert "div.rn.f32" in code and "cvt.rmi." in code and "fma.r" not in code, name
