@@ -343,7 +343,8 @@ def environment(suite, run: RunSettings, machine: dict, present: dict, cases) ->
         memory_measurement=("CUDA: torch.cuda.max_memory_allocated / max_memory_reserved after a reset per "
                             "phase, NVML device-wide used memory at the end of the phase" if device == "cuda" else
                             "CPU: peak resident set size (VmHWM) of the case's own process, reset per phase by "
-                            "writing 5 to /proc/self/clear_refs; includes Python and torch themselves"),
+                            "writing 5 to /proc/self/clear_refs after glibc malloc_trim; includes Python and torch "
+                            "themselves (mem_before_model_bytes is the RSS before the model was built)"),
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.report import main_slice  # noqa: E402
+from yoco.config import BITNET_MODES  # noqa: E402
 
 MB = 2**20
 STYLE = {"transformer": dict(color="tab:red", marker="o"), "yoco-gret": dict(color="tab:blue", marker="s"),
@@ -120,7 +121,9 @@ def plot_window(df, env, out):
     data = df[(df["status"] == "ok") & (df["arch"] == "yoco-swa")].dropna(subset=["window"])
     if "none" in set(data["bitnet"]):
         data = data[data["bitnet"] == "none"]
-    if data["window"].nunique() < 2:
+    # Only prompt lengths measured at several windows make a line.
+    data = data.groupby(["seq_len", "preset"]).filter(lambda g: g["window"].nunique() > 1)
+    if data.empty:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
     panels = [("prefill_ms", "prefill latency (ms)"), ("decode_tok_s", "decode throughput (tokens/s)"),
@@ -144,7 +147,7 @@ def plot_bitnet(df, env, out):
     if data["bitnet"].nunique() < 2:
         return None
     # One prompt length (the longest measured in every BitNet mode) and the default window.
-    modes = sorted(data["bitnet"].unique())
+    modes = [m for m in BITNET_MODES if m in set(data["bitnet"])]
     common = [s for s, g in data.groupby("seq_len") if g["bitnet"].nunique() == len(modes)]
     if common:
         data = data[data["seq_len"] == max(common)]

@@ -4,12 +4,14 @@ Time: on CUDA a pair of events around the work (read after one synchronize); on 
 after the work returns (CPU ops are synchronous). Memory: on CUDA the caching allocator's peak
 (allocated and reserved) after a reset, plus NVML's device-wide used memory at the end of the
 phase; on CPU the peak resident set size (VmHWM) of the case's own process, reset before each
-phase by writing "5" to /proc/self/clear_refs (Linux). The CPU figure is the whole process:
-Python, torch's libraries, weights, cache and activations.
+phase by writing "5" to /proc/self/clear_refs (Linux), after glibc's malloc_trim hands freed
+heap back. The CPU figure is the whole process: Python, torch's libraries, weights, cache and
+activations; rows also carry the process's RSS before the model was built.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import re
 import time
@@ -61,7 +63,17 @@ def _vm_hwm_bytes() -> float:
     return float(match.group(1)) * 1024 if match else math.nan
 
 
+def _release_freed_memory():
+    """Hand freed heap memory back to the OS (glibc's malloc_trim), so the reset peak starts
+    from what is live rather than from what earlier phases freed but malloc kept."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peak is an upper bound
+        pass
+
+
 def _reset_vm_hwm() -> bool:
+    _release_freed_memory()
     try:
         _CLEAR_REFS.write_text("5")
     except OSError:
