@@ -202,7 +202,7 @@ def test_pack_rejects_values_outside_the_code_set():
 
 def test_unpack_rejects_a_packed_weight_of_the_wrong_shape():
     packed = bitnet.pack(random_codes((6, 20), "1.58bit"), "1.58bit")  # [6, 5]
-    with pytest.raises(ValueError, match=r"packed weight of shape \(6, 5\).*expected uint8 of shape \(6, 6\)"):
+    with pytest.raises(ValueError, match=r"shape \(6, 5\).*expected uint8 of shape \(6, 6\)"):
         bitnet.unpack(packed, "1.58bit", (6, 24))
     with pytest.raises(ValueError, match="expected uint8"):
         bitnet.unpack(packed.to(torch.int8), "1.58bit", (6, 20))
@@ -215,3 +215,15 @@ def test_bitlinear_rejects_bad_shapes():
         BitLinear(0, 4)
     with pytest.raises(ValueError, match="inputs"):
         BitLinear(8, 4)(torch.randn(2, 9))
+
+
+def test_packed_state_dict_loads_into_a_fresh_layer():
+    torch.manual_seed(6)
+    packed = BitLinear(20, 8, "1.58bit").pack_()
+    fresh = BitLinear(20, 8, "1.58bit")
+    fresh.load_state_dict(packed.state_dict())
+    assert fresh.is_packed and fresh.weight is None
+    x = torch.randn(3, 20)
+    assert torch.equal(fresh(x), packed(x))
+    with pytest.raises(RuntimeError, match="size mismatch"):  # a packed weight of another shape
+        BitLinear(24, 8, "1.58bit").load_state_dict(packed.state_dict())

@@ -92,6 +92,17 @@ def test_packed_model_equals_fake_quant(arch, mode):
         assert rel_err(step[1], full[:, i]) < 5e-3, f"decode at position {i}"
 
 
+def test_packed_checkpoint_loads_into_a_fresh_model():
+    packed = build("swa", "1bit").eval().pack_bitnet()
+    torch.manual_seed(1)  # other float weights: only the load can make the outputs equal
+    fresh = yoco.from_preset("tiny", self_decoder="swa", bitnet="1bit", window=8, chunk_size=8).eval()
+    fresh.load_state_dict(packed.state_dict())
+    assert fresh.weight_bytes() == packed.weight_bytes()
+    tokens = torch.randint(0, 512, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(fresh(tokens), packed(tokens))
+
+
 def test_packing_changes_the_function():
     """Guards the test above: BitNet logits differ from those of the same float weights."""
     model = build("transformer", "1.58bit").eval()

@@ -80,6 +80,17 @@ class BitLinear(nn.Module):
         self.weight = None  # drops the Parameter; packed state loads through the buffers above
         return self
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A packed checkpoint loads into a fresh (float) layer: switch to packed storage first.
+        if prefix + "packed_weight" in state_dict and not self.is_packed:
+            device = self.weight.device
+            self.register_buffer("packed_weight", torch.empty(
+                packed_shape((self.out_features, self.in_features), self.mode), dtype=torch.uint8,
+                device=device))
+            self.register_buffer("weight_scale", torch.empty((), dtype=torch.float32, device=device))
+            self.weight = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _apply(self, fn, recurse=True):
         # model.to(bfloat16) must not round the scale: both forwards use it in float32, and the
         # packed one agrees bitwise with the fake-quant one only with the same float32 scale.

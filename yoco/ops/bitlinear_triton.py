@@ -66,7 +66,7 @@ def _matmul_configs():
     configs = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_KP": 32}, num_warps=4, num_stages=2)]
     for block_n, block_kp, warps, stages in [(32, 128, 4, 4), (64, 128, 4, 4), (32, 256, 4, 3),
                                              (64, 256, 8, 3), (128, 128, 8, 3), (16, 256, 4, 4),
-                                             (64, 64, 4, 5)]:
+                                             (64, 64, 4, 5), (16, 512, 4, 3), (32, 512, 8, 3)]:
         configs.append(triton.Config({"BLOCK_M": 16, "BLOCK_N": block_n, "BLOCK_KP": block_kp},
                                      num_warps=warps, num_stages=stages))
     for block_m, block_n, block_kp in [(64, 64, 64), (64, 128, 64), (128, 128, 64), (128, 64, 32)]:
@@ -75,11 +75,12 @@ def _matmul_configs():
     return configs
 
 
-@triton.autotune(configs=_matmul_configs(), key=["M", "N", "K", "BITS"])
+# Tuned per (rows bucket, N, K, bits): a prefill of any length reuses its bucket's choice.
+@triton.autotune(configs=_matmul_configs(), key=["M_BUCKET", "N", "K", "BITS"])
 @triton.jit
 def _lowbit_matmul_kernel(
     xq_ptr, w_ptr, x_scale_ptr, w_scale_ptr, out_ptr,
-    M, N, K, KP, stride_xm, stride_wn, stride_om,
+    M, N, K, KP, stride_xm, stride_wn, stride_om, M_BUCKET,
     BITS: tl.constexpr, DEQUANT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KP: tl.constexpr,
 ):
@@ -168,7 +169,7 @@ def lowbit_matmul_triton(x_codes: torch.Tensor, packed: torch.Tensor, mode: str,
     _lowbit_matmul_kernel[grid](
         x_codes, packed, x_scale, w_scale, out,
         M, N, in_features, packed.shape[1], x_codes.stride(0), packed.stride(0), out.stride(0),
-        BITS=BITS_PER_WEIGHT[mode], DEQUANT=dequant,
+        min(triton.next_power_of_2(M), 1024), BITS=BITS_PER_WEIGHT[mode], DEQUANT=dequant,
     )
     return out
 
