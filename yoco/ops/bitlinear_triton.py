@@ -77,7 +77,7 @@ def _matmul_configs():
 
 # Tuned per (rows bucket, N, K, bits): a prefill of any length reuses its bucket's choice.
 @triton.autotune(configs=_matmul_configs(), key=["M_BUCKET", "N", "K", "BITS"])
-@triton.jit
+@triton.jit(do_not_specialize=["M_BUCKET"])  # a tuning key only: no recompiles per bucket
 def _lowbit_matmul_kernel(
     xq_ptr, w_ptr, x_scale_ptr, w_scale_ptr, out_ptr,
     M, N, K, KP, stride_xm, stride_wn, stride_om, M_BUCKET,
