@@ -66,8 +66,14 @@ class HFStaticCache(ModelCache):
         super().__init__([], batch_size, max_seq_len, device)
         self.static = static
 
+    def layer_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(keys, values) [B, H_kv, S, D] per layer."""
+        if hasattr(self.static, "layers"):  # transformers >= 4.56
+            return [(layer.keys, layer.values) for layer in self.static.layers]
+        return list(zip(self.static.key_cache, self.static.value_cache))
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in self.static.layers for t in (layer.keys, layer.values))
+        return sum(t.numel() * t.element_size() for pair in self.layer_tensors() for t in pair)
 
 
 # transformers < 4.56 wrote the cache where `cache_position` said; later ones count themselves.
