@@ -1,5 +1,6 @@
 """`python -m bench`: run | merge | plot | list (and compare | gate where bench.compare and
-bench.gate exist). With no arguments: `run` of the default suite on the device present.
+bench.gate exist). With no arguments: `run` on the device present, of the gpu-quick suite on a
+GPU and of the default suite on a CPU.
 
 Every usage error (bad suite, axis value, shard, out dir, device...) exits 2 with one line on
 stderr and writes nothing."""
@@ -51,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> Parser:
     parser = Parser(prog="python -m bench", description="YOCO vs Transformer benchmarks: prefill, decode, "
-                    "memory, KV cache. With no arguments: run the default suite on this machine.")
+                    "memory, KV cache. With no arguments: run the default suite for this machine.")
     sub = parser.add_subparsers(dest="command", parser_class=Parser, required=True)
 
     run = sub.add_parser("run", help="run a suite (or list its cases with --dry-run)")
-    run.add_argument("--suite", default="default", help="a built-in suite name (see `list`) or a .toml file")
+    run.add_argument("--suite", default=None, help="a built-in suite name (see `list`) or a .toml file "
+                     "(default: gpu-quick on a GPU, default on a CPU)")
     run.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if present, else cpu")
     run.add_argument("--out", type=Path, default=None,
                      help="run directory (default results/runs/<suite>-<device>-<time>)")
@@ -114,8 +116,8 @@ def cmd_run(args) -> int:
         if device != saved_env["device"]:
             raise UsageError(f"--resume {args.resume} was a {saved_env['device']} run, not {device}")
     else:
-        suite = suites.load_suite(args.suite)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        suite = suites.load_suite(args.suite or default_suite(device))
     if device == "cuda" and not torch.cuda.is_available() and not args.dry_run:
         raise UsageError("--device cuda, but no CUDA GPU is present on this machine (use --device cpu)")
     if device not in suite.devices and not args.dry_run:
@@ -179,6 +181,13 @@ def installed_backends() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             found[name] = "unknown"
     return found
+
+
+def default_suite(device: str) -> str:
+    """The suite a bare `python -m bench` runs: the GPU quick suite on a GPU where it exists."""
+    from bench.suite import suite_names
+
+    return "gpu-quick" if device == "cuda" and "gpu-quick" in suite_names() else "default"
 
 
 def _default_out(suite: str, device: str) -> Path:

@@ -247,6 +247,13 @@ def test_usage_errors_write_nothing(tmp_path, capsys):
     assert "needs --device cuda" in capsys.readouterr().err and not out.exists()
 
 
+def test_bare_command_picks_the_suite_for_the_device():
+    assert cli.default_suite("cpu") == "default"
+    assert cli.default_suite("cuda") in ("gpu-quick", "default")
+    args = cli.build_parser().parse_args(["run"])
+    assert args.suite is None and args.device is None and not args.dry_run
+
+
 def test_existing_run_dir_needs_resume(mini_run, capsys):
     assert cli.main(["run", "--suite", "smoke", "--out", str(mini_run)]) == 2
     assert "--resume" in capsys.readouterr().err
