@@ -275,7 +275,8 @@ def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: b
         bar.show(case.case_id)
         t0 = time.perf_counter()
         inject = next((kind for kind, match in injections if match and match in case.case_id), None)
-        row, samples = runner.run_case(case, device, run.repeats, suite.warmup, env, inject, run.threads)
+        row, samples = runner.run_case(case, device, run.repeats, suite.warmup, env, inject, run.threads,
+                                       suite.time_budget_s)
         row = {**case.axes(), **row, "case_id": case.case_id,
                "self_decoder": case.self_decoder, "device": device, "device_name": env.get("device_name"),
                "backends_present": backends_present, "elapsed_s": round(time.perf_counter() - t0, 3)}
@@ -346,7 +347,8 @@ def environment(suite, run: RunSettings, machine: dict, present: dict, cases) ->
         backends=present, backends_used=sorted({c.backend for c in cases}),
         copy_bandwidth_bytes_s=machine.get("copy_bandwidth_bytes_s", math.nan),
         matmul_flops_s=rates.get(main_dtype, math.nan), matmul_flops_s_dtype=main_dtype,
-        matmul_flops_s_by_dtype=rates, repeats=run.repeats, warmup=suite.warmup, shard=run.shard, only=run.only,
+        matmul_flops_s_by_dtype=rates, repeats=run.repeats, warmup=suite.warmup,
+        time_budget_s=suite.time_budget_s, shard=run.shard, only=run.only,
         threads_requested=run.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
         cases=len(cases), isolation="one forked process per case (multiprocessing forkserver)",
         memory_measurement=("CUDA: torch.cuda.max_memory_allocated / max_memory_reserved after a reset per "

@@ -102,7 +102,7 @@ def _packed_weight_bytes(model, bitnet: str) -> int:
 # ---- one case, inside its own process ----
 
 def measure_case(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
-                 inject: str | None = None) -> tuple[dict, list[dict]]:
+                 inject: str | None = None, budget_s: float | None = None) -> tuple[dict, list[dict]]:
     """One results row (whatever happens) and its raw samples."""
     row: dict = dict(status="error", error="")
     samples: list[dict] = []
@@ -119,7 +119,7 @@ def measure_case(case: Case, device: str, repeats: int, warmup: int, ceilings: d
             os.kill(os.getpid(), signal.SIGKILL)
         if inject == "hang":
             time.sleep(600)
-        _measure(case, device, repeats, warmup, ceilings, row, samples)
+        _measure(case, device, repeats, warmup, ceilings, row, samples, budget_s)
         row["status"] = "ok"
     except OOM_ERRORS as e:
         row.update(status="oom", error=one_line(e))
@@ -133,7 +133,8 @@ def measure_case(case: Case, device: str, repeats: int, warmup: int, ceilings: d
     return row, samples
 
 
-def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict, row: dict, samples: list):
+def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict, row: dict, samples: list,
+             budget_s: float | None):
     torch.manual_seed(0)
     with torch.inference_mode():
         row["mem_before_model_bytes"] = current_memory_bytes(device)
@@ -162,10 +163,14 @@ def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
                 nxt = step(nxt, cache).argmax(-1)
 
         # Memory pass, with no calibration buffers alive.
+        last = {}
         mem_prefill, mem_decode = PeakMemory(device), PeakMemory(device)
         mem_prefill.start()
-        nxt = prefill(tokens, cache).argmax(-1)
+        first_ms = time_ms(lambda: last.update(logits=prefill(tokens, cache)), device)
         mem_prefill.stop()
+        nxt = last["logits"].argmax(-1)
+        if budget_s:  # a suite's time budget per phase: fewer repeats for very long prompts
+            repeats = max(1, min(repeats, int(budget_s * 1e3 // max(first_ms, 1e-6))))
         mem_decode.start()
         for _ in range(case.gen_len):
             nxt = step(nxt, cache).argmax(-1)
@@ -182,7 +187,7 @@ def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
             samples.append(dict(case_id=case.case_id, metric=metric, repeat=r, value=value, calibration_ms=cal,
                                 normalized=value / cal if cal > 0 else math.nan))
 
-        prefill_ms, last = [], {}
+        prefill_ms = []
         for r in range(repeats):
             cal = calibration.measure_ms()
             ms = time_ms(lambda: last.update(logits=prefill(tokens, cache)), device)
@@ -221,10 +226,10 @@ def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
     row["prefill_mfu"] = roofline.efficiency(row["prefill_flops"], row["prefill_ms"], flops_s)
 
 
-def run_case(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
-             inject: str | None = None, threads: int | None = None) -> tuple[dict, list[dict]]:
+def run_case(case: Case, device: str, repeats: int, warmup: int, ceilings: dict, inject: str | None = None,
+             threads: int | None = None, budget_s: float | None = None) -> tuple[dict, list[dict]]:
     """measure_case in its own process; a process that dies gets a row saying how."""
-    answer = run_isolated(measure_case, case, device, repeats, warmup, ceilings, inject, threads=threads)
+    answer = run_isolated(measure_case, case, device, repeats, warmup, ceilings, inject, budget_s, threads=threads)
     if answer[0] == "ok":
         return answer[1]
     if answer[0] == "raised":

@@ -8,6 +8,7 @@ Grammar (the built-in suites in bench/suites/ use the same one as a user's own f
     repeats = 5                      # timed repeats per phase (after warm-up)
     warmup = 1
     threads = 1                      # optional: CPU threads per case (default: torch's, all cores)
+    time_budget_s = 120              # optional: per phase; very long prompts get fewer repeats (>= 1)
 
     [axes]                           # defaults shared by every sweep
     arch = ["yoco-gret", "yoco-swa", "transformer"]
@@ -44,7 +45,7 @@ DEVICES = ("cpu", "cuda")
 AXIS_DEFAULTS = dict(arch="yoco-gret", preset="tiny", batch=1, seq_len=128, gen_len=16, window=64,
                      bitnet="none", dtype="float32", backend="torch", compile=False)
 AXES = tuple(AXIS_DEFAULTS)
-SUITE_KEYS = ("description", "devices", "repeats", "warmup", "threads")
+SUITE_KEYS = ("description", "devices", "repeats", "warmup", "threads", "time_budget_s")
 
 
 class UsageError(Exception):
@@ -90,6 +91,7 @@ class Suite:
     repeats: int = 5
     warmup: int = 1
     threads: int | None = None
+    time_budget_s: float | None = None
     text: str = field(default="", repr=False)
 
 
@@ -137,6 +139,9 @@ def parse_suite(text: str, path: Path) -> Suite:
         raise UsageError(f"{path}: [suite] repeats must be an integer >= 1, got {repeats!r}")
     if not isinstance(warmup, int) or warmup < 0:
         raise UsageError(f"{path}: [suite] warmup must be an integer >= 0, got {warmup!r}")
+    budget = meta.get("time_budget_s")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0):
+        raise UsageError(f"{path}: [suite] time_budget_s must be a number > 0, got {budget!r}")
     threads = meta.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise UsageError(f"{path}: [suite] threads must be an integer >= 1, got {threads!r}")
@@ -152,7 +157,8 @@ def parse_suite(text: str, path: Path) -> Suite:
     if not cases:
         raise UsageError(f"{path}: the suite expands to no cases")
     return Suite(name=path.stem, path=path, cases=list(cases.values()), description=meta.get("description", ""),
-                 devices=devices, repeats=repeats, warmup=warmup, threads=threads, text=text)
+                 devices=devices, repeats=repeats, warmup=warmup, threads=threads, time_budget_s=budget,
+                 text=text)
 
 
 def _expand(path: Path, axes: dict, excludes: list) -> list[Case]:

@@ -146,6 +146,14 @@ def test_a_case_too_big_for_memory_is_skipped_with_its_estimate(monkeypatch):
     assert row["estimated_bytes"] == row["weight_bytes"] + row["kv_cache_bytes_formula"] > 1000
 
 
+def test_time_budget_cuts_repeats_but_keeps_one():
+    case = Case(arch="transformer", preset="tiny", batch=1, seq_len=32, gen_len=4, window=None, bitnet="none",
+                dtype="float32", backend="torch", compile=False)
+    row, samples = runner.measure_case(case, "cpu", 4, 1, {}, budget_s=1e-9)
+    assert row["status"] == "ok" and row["repeats"] == 1
+    assert sorted(s["metric"] for s in samples) == ["decode_ms_per_step", "prefill_ms"]
+
+
 def test_estimate_matches_the_built_model():
     case = Case(arch="yoco-swa", preset="tiny", batch=2, seq_len=100, gen_len=8, window=32, bitnet="1.58bit",
                 dtype="float32", backend="torch", compile=False)
