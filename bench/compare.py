@@ -215,8 +215,7 @@ def compare_runs(base: list[Run], new: list[Run], options: Options | None = None
     rows = []
     for case_id in list(base_ok) + [c for c in new_ok if c not in base_ok]:
         if case_id not in new_ok:
-            why = "failed in NEW" if any(case_id in r.results.index for r in new) else "not in NEW"
-            rows.append(Row(case_id, "-", "missing", note=f"coverage lost: {why}"))
+            rows.append(Row(case_id, "-", "missing", note=f"coverage lost: {why_missing(new, case_id)}"))
         elif case_id not in base_ok:
             rows.append(Row(case_id, "-", "new", note="only in NEW"))
         else:
@@ -231,6 +230,15 @@ def compare_runs(base: list[Run], new: list[Run], options: Options | None = None
                          f"p is {smallest:.3g} >= alpha {options.alpha}: no timing can be flagged. Compare "
                          f"directories of several runs (as `gate` writes), 5 or more a side for alpha 0.01.")
     return Comparison(rows, notes)
+
+
+def why_missing(runs: list[Run], case_id: str) -> str:
+    for run in runs:
+        if case_id in run.results.index:
+            row = run.results.loc[case_id]
+            error = str(row.get("error", "") or "").strip()
+            return f"{row['status']} in NEW" + (f": {error[:120]}" if error else "")
+    return "not in NEW"
 
 
 def default_metrics(runs: list[Run]) -> tuple[str, ...]:

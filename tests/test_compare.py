@@ -150,7 +150,7 @@ def test_missing_case_is_a_regression_and_extra_case_is_new(tmp_path, capsys):
     assert run_cli(base, new) == 1
     failed = write_side(tmp_path / "failed", seed=1, status={CASES[0]: "error"})
     row = next(r for r in judge(base, failed).rows if r.case_id == CASES[0])
-    assert row.status == "missing" and "failed in NEW" in row.note
+    assert row.status == "missing" and "error in NEW" in row.note
 
 
 def test_a_single_run_a_side_cannot_flag_timings_and_says_so(tmp_path, capsys):
