@@ -241,6 +241,12 @@ def test_usage_errors_write_nothing(tmp_path, capsys):
     assert cli.main(["run", "--suite", str(bad), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "line" in err and not out.exists()
+    for text, message in (('[axes]\npreset = ["huge"]\n', "unknown preset value 'huge'"),
+                          ('[axes]\nwindow = [-1]\n', "window values must be integers >= 1"),
+                          ('[axes]\nheads = [2]\n', "unknown axis 'heads'")):
+        bad.write_text(text)
+        assert cli.main(["run", "--suite", str(bad), "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
     value = tmp_path / "value.toml"
     value.write_text('[axes]\nbackend = ["fla"]\n')
     assert cli.main(["run", "--suite", str(value), "--out", str(out)]) == 2
