@@ -7,10 +7,10 @@ K = N = 256 and checks the packed layer against its fake-quant twin, so the suit
 
 Baseline: nn.Linear in float32 on CPU, in bfloat16 on CUDA (F.linear, cuBLAS). BitLinear packed:
 the PyTorch reference (unpack + float32 matmul) on CPU, the Triton W2A8 / W1A8 kernels on CUDA.
-On CUDA a round is one CUDA graph of CALLS_PER_ROUND calls (launch overhead out of the figure)
-cycling over enough weight copies to exceed the L2 cache (weights come from HBM, as in decode);
+On CUDA a round is one CUDA graph of calls (launch overhead out of the figure) cycling over
+enough weight copies (256 MiB) to exceed the L2 cache (weights come from HBM, as in decode);
 extra_info holds per-call microseconds, and for BitLinear the bf16 F.linear time of the same
-shape, the speedup over it and the bandwidth counting packed weight bytes.
+shape, the speedup over it and the bandwidth counting packed weight bytes (also printed: add -s).
 """
 
 import copy
@@ -52,8 +52,10 @@ def layer_bytes(layer):
     return layer.weight.numel() * layer.weight.element_size()
 
 
-def cuda_graph_of_calls(layers, x, calls):
-    """One CUDA graph replaying `calls` forwards, cycling over `layers` (cold L2)."""
+def cuda_graph_of_calls(layers, x):
+    """One CUDA graph of forwards that reads every copy in `layers` once (at least
+    CALLS_PER_ROUND calls): the weights stream from HBM, not L2. Returns (graph, calls)."""
+    calls = max(CALLS_PER_ROUND, len(layers))
     with torch.no_grad():
         for layer in layers[:2]:  # autotune and warm up outside the capture
             layer(x)
@@ -62,7 +64,7 @@ def cuda_graph_of_calls(layers, x, calls):
         with torch.cuda.graph(graph):
             for i in range(calls):
                 layers[i % len(layers)](x)
-    return graph
+    return graph, calls
 
 
 def cuda_us_per_call(graph, calls, repeats=20):
@@ -95,17 +97,18 @@ def test_bitlinear_vs_linear(benchmark, device, case, shape):
                                 weight_bytes=layer_bytes(layer))
 
     if device == "cuda" and benchmark.enabled:
-        graph = cuda_graph_of_calls(cold_copies(layer), x, CALLS_PER_ROUND)
-        benchmark.extra_info["calls_per_round"] = CALLS_PER_ROUND
+        graph, calls = cuda_graph_of_calls(cold_copies(layer), x)
+        benchmark.extra_info["calls_per_round"] = calls
         benchmark.pedantic(lambda: (graph.replay(), torch.cuda.synchronize()), rounds=20, warmup_rounds=2)
-        us = cuda_us_per_call(graph, CALLS_PER_ROUND)
+        us = cuda_us_per_call(graph, calls)
         benchmark.extra_info["us_per_call"] = us
         if case != "linear":
             bf16 = build_layer("linear", dim, device, torch.bfloat16)
-            bf16_us = cuda_us_per_call(cuda_graph_of_calls(cold_copies(bf16), x, CALLS_PER_ROUND),
-                                       CALLS_PER_ROUND)
+            bf16_us = cuda_us_per_call(*cuda_graph_of_calls(cold_copies(bf16), x))
             benchmark.extra_info.update(bf16_linear_us=bf16_us, speedup_vs_bf16=bf16_us / us,
                                         packed_GBps=layer_bytes(layer) / us / 1e3)
+            print(f"\n{case} M={rows} K=N={dim}: {us:.2f} us/call, bf16 F.linear {bf16_us:.2f} us, "
+                  f"speedup {bf16_us / us:.2f}x, {layer_bytes(layer) / us / 1e3:.0f} GB/s of packed weights")
     else:
         def call():
             with torch.no_grad():
