@@ -227,3 +227,15 @@ def test_packed_state_dict_loads_into_a_fresh_layer():
     assert torch.equal(fresh(x), packed(x))
     with pytest.raises(RuntimeError, match="size mismatch"):  # a packed weight of another shape
         BitLinear(24, 8, "1.58bit").load_state_dict(packed.state_dict())
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_autocast_does_not_round_the_integer_sums(packed):
+    torch.manual_seed(7)
+    layer = BitLinear(64, 32)
+    if packed:
+        layer.pack_()
+    x = torch.randn(4, 64)
+    expected = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(layer(x), expected)

@@ -126,6 +126,13 @@ def unpack(packed: torch.Tensor, mode: str, shape) -> torch.Tensor:
     return codes - 1 if mode == "1.58bit" else codes * 2 - 1
 
 
+def integer_matmul(x_codes: torch.Tensor, w_codes: torch.Tensor) -> torch.Tensor:
+    """x_codes [..., K] @ w_codes[N, K]^T for float32 tensors holding integers: exact, even under
+    autocast (which would round the sums to bf16)."""
+    with torch.autocast(x_codes.device.type, enabled=False):
+        return F.linear(x_codes, w_codes)
+
+
 # ---------------------------------------------------------------------------------------------
 # Forward paths. All share quantize_activation, an exact float32 integer matmul and
 # dequantize_output, so they are bitwise equal on the same weights.
@@ -144,7 +151,7 @@ def bitlinear_fake_quant(x: torch.Tensor, weight: torch.Tensor, mode: str) -> to
     x_t, w_t = x32 * x_scale, weight.float() / w_scale
     x_ste = x_codes.float() + (x_t - x_t.detach())
     w_ste = w_codes.float() + (w_t - w_t.detach())
-    return dequantize_output(F.linear(x_ste, w_ste), w_scale, x_scale).to(x.dtype)
+    return dequantize_output(integer_matmul(x_ste, w_ste), w_scale, x_scale).to(x.dtype)
 
 
 def bitlinear_reference(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, mode: str,
@@ -153,7 +160,7 @@ def bitlinear_reference(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Te
     out_features = packed.shape[0]
     w_codes = unpack(packed, mode, (out_features, in_features))
     x_codes, x_scale = quantize_activation(x)
-    acc = F.linear(x_codes.float(), w_codes.float())
+    acc = integer_matmul(x_codes.float(), w_codes.float())
     return dequantize_output(acc, w_scale.float(), x_scale).to(x.dtype)
 
 
@@ -161,7 +168,7 @@ def lowbit_matmul_reference(x_codes: torch.Tensor, packed: torch.Tensor, mode: s
                             in_features: int) -> torch.Tensor:
     """int8 codes [M, K] times packed weight [N, K'] -> int32 [M, N]: the kernel's integer spec."""
     w_codes = unpack(packed, mode, (packed.shape[0], in_features))
-    return F.linear(x_codes.float(), w_codes.float()).to(torch.int32)
+    return integer_matmul(x_codes.float(), w_codes.float()).to(torch.int32)
 
 
 _kernels = None  # yoco.ops.bitlinear_triton once imported; False where triton does not import
