@@ -154,7 +154,7 @@ def summary_markdown(df: pd.DataFrame, env: dict) -> str:
     if len(ratios):
         lines += ["## YOCO against the Transformer baseline",
                   "Ratios > 1 favour YOCO (bitnet none; prefill and decode medians; decode memory: "
-                  f"{_memory_words(env)}, less what the process held before the model was built).", "",
+                  f"{_memory_words(env)} during decode, less what was held before the model was built).", "",
                   markdown_table(ratios), ""]
     ok = df[df["status"] == "ok"]
     if len(ok):
@@ -170,7 +170,7 @@ def summary_markdown(df: pd.DataFrame, env: dict) -> str:
 def _memory_words(env: dict) -> str:
     if env.get("device") == "cuda":
         return "the CUDA allocator's peak"
-    return "peak resident set size of the case's own process (VmHWM), torch itself included"
+    return "the peak resident set size (VmHWM) of the case's own process"
 
 
 def console_table(df: pd.DataFrame) -> str:
