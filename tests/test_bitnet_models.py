@@ -152,3 +152,18 @@ def test_bad_bitnet_settings():
         baselines.from_preset("tiny", bitnet="ternary")
     with pytest.raises(ValueError, match="no BitLinear layers"):
         build("gret", "none").pack_bitnet()
+
+
+@pytest.mark.slow
+def test_compiled_packed_decode_matches_eager():
+    """The packed path traces as one graph (fullgraph): unpack, autocast guard, kernel dispatch."""
+    eager = build("swa", "1.58bit", n_layers=2).eval().pack_bitnet()
+    compiled = copy.deepcopy(eager).compile_decode()
+    tokens = torch.randint(0, 512, (2, 12))
+    caches = [m.allocate_cache(2, 20) for m in (eager, compiled)]
+    for m, c in zip((eager, compiled), caches):
+        m.prefill(tokens, c)
+    for step in range(4):
+        nxt = torch.randint(0, 512, (2,))
+        torch.testing.assert_close(compiled.decode(nxt, caches[1]), eager.decode(nxt, caches[0]),
+                                   rtol=1e-4, atol=1e-5, msg=f"step {step}")
