@@ -271,21 +271,33 @@ def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: b
     print(f"{suite.name}: {len(todo)} of {len(cases)} cases to run on {device} -> {out}", file=sys.stderr)
     bar = Progress(len(todo))
     backends_present = ";".join(f"{k}={v}" for k, v in sorted(present.items()) if v)
-    for case in todo:
-        bar.show(case.case_id)
-        t0 = time.perf_counter()
-        inject = next((kind for kind, match in injections if match and match in case.case_id), None)
-        row, samples = runner.run_case(case, device, run.repeats, suite.warmup, env, inject, run.threads,
-                                       suite.time_budget_s)
-        row = {**case.axes(), **row, "case_id": case.case_id,
-               "self_decoder": case.self_decoder, "device": device, "device_name": env.get("device_name"),
-               "backends_present": backends_present, "elapsed_s": round(time.perf_counter() - t0, 3)}
-        # samples first: a kill between the two writes leaves samples that repair() drops
-        report.append_rows(out / "samples.csv", report.SAMPLE_COLUMNS, samples)
-        report.append_rows(out / "results.csv", report.COLUMNS, [row])
-        bar.done(case.case_id, row["status"], row["elapsed_s"])
+    try:
+        for case in todo:
+            run_one(case, suite, run, env, out, injections, backends_present, bar)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finish with `python -m bench run --resume {out}`", file=sys.stderr)
+        return 130
     finish(out, env)
     return 0
+
+
+def run_one(case, suite, run: RunSettings, env: dict, out: Path, injections, backends_present: str, bar):
+    """One case in its own process; its samples and its row appended and flushed."""
+    from bench import report, runner
+
+    device = run.device
+    bar.show(case.case_id)
+    t0 = time.perf_counter()
+    inject = next((kind for kind, match in injections if match and match in case.case_id), None)
+    row, samples = runner.run_case(case, device, run.repeats, suite.warmup, env, inject, run.threads,
+                                   suite.time_budget_s)
+    row = {**case.axes(), **row, "case_id": case.case_id,
+           "self_decoder": case.self_decoder, "device": device, "device_name": env.get("device_name"),
+           "backends_present": backends_present, "elapsed_s": round(time.perf_counter() - t0, 3)}
+    # samples first: a kill between the two writes leaves samples that repair() drops
+    report.append_rows(out / "samples.csv", report.SAMPLE_COLUMNS, samples)
+    report.append_rows(out / "results.csv", report.COLUMNS, [row])
+    bar.done(case.case_id, row["status"], row["elapsed_s"])
 
 
 def finish(out: Path, env: dict, quiet: bool = False):
