@@ -9,6 +9,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 IDENTITY = ["case_id", "arch", "preset", "self_decoder", "batch", "seq_len", "gen_len", "window", "bitnet",
@@ -142,6 +143,27 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).sort_values(["preset", "batch", "seq_len", "yoco"]).reset_index(drop=True)
 
 
+def trend_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per arch: cache bytes per token and fixed, and how prefill time grows with the prompt
+    (the slope of log time against log seq_len over the longer half of the prompts: 1 is
+    linear, 2 quadratic)."""
+    df = main_slice(df)
+    out = []
+    for (arch, preset, batch, dtype), g in df.groupby(["arch", "preset", "batch", "dtype"], sort=False):
+        g = g.sort_values("seq_len")
+        long = g[g["seq_len"] >= g["seq_len"].median()]
+        slope = math.nan
+        if long["seq_len"].nunique() >= 2:
+            slope = float(np.polyfit(np.log(long["seq_len"]), np.log(long["prefill_ms"]), 1)[0])
+        out.append({"arch": arch, "preset": preset, "batch": batch, "dtype": dtype,
+                    "KV bytes per token": g["kv_cache_bytes_per_token"].iloc[-1],
+                    "KV fixed bytes": g["kv_cache_fixed_bytes"].iloc[-1],
+                    f"prefill growth exponent ({int(long['seq_len'].min())}-{int(long['seq_len'].max())})": slope,
+                    "decode tok/s, shortest -> longest": f"{g['decode_tok_s'].iloc[0]:.3g} -> "
+                                                         f"{g['decode_tok_s'].iloc[-1]:.3g}"})
+    return pd.DataFrame(out)
+
+
 def summary_markdown(df: pd.DataFrame, env: dict) -> str:
     device = f"{env.get('device', '?')} ({env.get('device_name', '?')}, {env.get('threads', '?')} threads)"
     lines = [f"# Benchmark summary: suite `{env.get('suite', '?')}` on {device}", "",
@@ -150,6 +172,10 @@ def summary_markdown(df: pd.DataFrame, env: dict) -> str:
              f"fp32 matmul {env.get('matmul_flops_s_by_dtype', {}).get('float32', math.nan) / 1e9:.1f} GFLOP/s.", ""]
     counts = df["status"].value_counts()
     lines += ["Cases: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES), ""]
+    trends = trend_table(df)
+    if len(trends):
+        lines += ["## Trends", "The cache grows by `KV bytes per token` on top of `KV fixed bytes`; prefill time "
+                  "grows as seq_len to the power shown (fitted over the longer half of the prompts).", "", markdown_table(trends), ""]
     ratios = ratio_table(df)
     if len(ratios):
         lines += ["## YOCO against the Transformer baseline",

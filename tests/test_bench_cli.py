@@ -115,7 +115,7 @@ def test_smoke_end_to_end(smoke_run):
     assert {p.stem for p in pngs} >= {"prefill_latency", "decode_throughput", "peak_memory", "kv_cache"}
     assert all(p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 5000 for p in pngs)
     summary = (out / "summary.md").read_text()
-    assert env["device_name"] in summary and "KV cache: baseline / YOCO" in summary
+    assert env["device_name"] in summary and "KV cache: baseline / YOCO" in summary and "## Trends" in summary
     assert "transformer" in done.stdout and str(out / "results.csv") in done.stdout  # table and paths printed
 
 
