@@ -175,7 +175,8 @@ def summary_markdown(df: pd.DataFrame, env: dict) -> str:
     trends = trend_table(df)
     if len(trends):
         lines += ["## Trends", "The cache grows by `KV bytes per token` on top of `KV fixed bytes`; prefill time "
-                  "grows as seq_len to the power shown (fitted over the longer half of the prompts).", "", markdown_table(trends), ""]
+                  "grows as seq_len to the power shown (fitted over the longer half of the prompts).", "",
+                  markdown_table(trends), ""]
     ratios = ratio_table(df)
     if len(ratios):
         lines += ["## YOCO against the Transformer baseline",
