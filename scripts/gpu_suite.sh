@@ -113,13 +113,14 @@ for dist in ("transformers", "pytest", "numpy", "pandas", "matplotlib", "nvidia-
     except md.PackageNotFoundError:
         print(dist, "not installed")
 EOF
-} > "$LOGS/00-environment.log"
-log "environment -> $LOGS/00-environment.log"
+} > "$LOGS/00-environment.log" 2>&1 &
+ENV_PID=$!  # in the background: it imports every optional backend (seconds); no step needs it
 
 if (( ! DRY_RUN )) && [[ "$DEVICE" == "cuda" ]]; then
   if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
     log "error: no CUDA GPU visible to $PYTHON: nothing measured (see $LOGS/00-environment.log)"
     status "- FAILED: no CUDA GPU visible; nothing was measured"
+    wait "$ENV_PID"
     exit 1
   fi
 fi
@@ -206,6 +207,8 @@ if (( ${#RUN_DIRS[@]} )); then
 else
   status "- targets: not checked (no run produced rows)"
 fi
+wait "$ENV_PID"
+log "environment -> $LOGS/00-environment.log"
 status "- finished $(date -u +%Y-%m-%dT%H:%M:%SZ) after $(( $(date +%s) - START ))s"
 log "done in $(( $(date +%s) - START ))s: $STATUS"
 cat "$STATUS"
