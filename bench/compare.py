@@ -462,7 +462,7 @@ def add_options(parser: argparse.ArgumentParser):
     parser.add_argument("--format", choices=("table", "json", "markdown"), default="table")
     parser.add_argument("--dashboard-dir", type=Path, default=None,
                         help="with --format json: where to write benchmark-{smaller,bigger}-is-better.json "
-                             "(default: the NEW directory)")
+                             "(default: NEW for compare, the run directory for gate)")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="compare runs from different devices or suites (a warning instead of exit 2)")
 
