@@ -101,6 +101,7 @@ def test_compiled_matches_reference_cpu():
     torch.testing.assert_close(out, sliding_window_attention_reference(q, k, v, 100), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # one Triton compile per length
 @pytest.mark.skipif("cuda" not in DEVICES, reason="needs CUDA")
 @pytest.mark.parametrize("T, W", [(4096, 1024), (3000, 256)])
 def test_cuda_compiled_matches_reference_bf16(T, W):

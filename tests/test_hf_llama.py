@@ -177,3 +177,21 @@ def test_compiled_decode_matches_eager_without_recompiling():
                 torch.compiler.set_stance("fail_on_recompile")
     finally:
         torch.compiler.set_stance("default")
+
+
+@needs_transformers
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_compiled_decode_matches_ours():
+    """On the GPU: bf16 weights, SDPA kernels, the decode step under CUDA graphs
+    (reduce-overhead), against our Transformer's eager path."""
+    torch.manual_seed(4)
+    ours = _randomized_transformer(n_layers=2).to("cuda", torch.bfloat16)
+    hf = hf_llama.from_transformer(ours).compile_decode()
+    tokens = torch.randint(0, 512, (2, 300), device="cuda")
+    caches = ours.allocate_cache(2, 320), hf.allocate_cache(2, 320)
+    _close(hf.prefill(tokens, caches[1]).float(), ours.prefill(tokens, caches[0]).float(), rtol=5e-2)
+    for step in range(8):
+        nxt = torch.randint(0, 512, (2,), device="cuda")
+        _close(hf.decode(nxt, caches[1]).float(), ours.decode(nxt, caches[0]).float(), rtol=5e-2,
+               msg=f"step {step}")
