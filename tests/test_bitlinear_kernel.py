@@ -76,12 +76,36 @@ def test_integer_matmul_kernel_at_extreme_values(device, mode):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_bitlinear_kernel_equals_reference_bitwise(device, mode, dtype):
+@pytest.mark.parametrize("fused", [True, False])  # quantize inside the matmul, or a launch before it
+def test_bitlinear_kernel_equals_reference_bitwise(device, mode, dtype, fused):
     _, _, scale, packed = random_weight(24, 70, mode, device, seed=7)
-    x = torch.randn(2, 3, 70, device=device).to(dtype)
-    y = bitlinear_triton(x, packed, scale, mode, 70)
+    x = (torch.randn(2, 3, 70, device=device) * torch.rand(2, 3, 1, device=device) * 5).to(dtype)
+    x[1, 2] = 0  # a zero token
+    y = bitlinear_triton(x, packed, scale, mode, 70, fused=fused)
     assert y.dtype == dtype and y.shape == (2, 3, 24)
     assert torch.equal(y, bitlinear_reference(x, packed, scale, mode, 70))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("rows", [1, 17])  # the fused scan over several chunks of K; rows past a tile
+def test_fused_kernel_over_long_rows_is_exact(device, rows):
+    _, _, scale, packed = random_weight(20, 600, "1.58bit", device, seed=rows)
+    x = torch.randn(rows, 600, device=device)
+    x[-1, 555] = 40.0  # the row's absmax sits in the last scan chunk
+    y = bitlinear_triton(x, packed, scale, "1.58bit", 600, fused=True)
+    assert torch.equal(y, bitlinear_reference(x, packed, scale, "1.58bit", 600))
+
+
+def test_autotune_pruning_keeps_decode_tiles_for_decode():
+    from yoco.ops.bitlinear_triton import _matmul_configs, _prune_configs
+
+    configs = _matmul_configs()
+    decode = _prune_configs(configs, {"M_BUCKET": 4}, BITS=2, QUANTIZE=True)
+    prefill = _prune_configs(configs, {"M_BUCKET": 1024}, BITS=1, QUANTIZE=False)
+    assert decode[0] is configs[0] and {c.kwargs["BLOCK_M"] for c in decode} == {16}
+    assert {c.kwargs["BLOCK_M"] for c in prefill} > {16}
+    # a tile spans at most 2048 weights along K: 512 bytes of 2-bit codes, 256 of 1-bit ones
+    assert max(c.kwargs["BLOCK_KP"] for c in decode) == 512 and max(c.kwargs["BLOCK_KP"] for c in prefill) == 256
 
 
 def test_kernel_rejects_a_packed_weight_of_the_wrong_shape():
@@ -90,6 +114,8 @@ def test_kernel_rejects_a_packed_weight_of_the_wrong_shape():
         lowbit_matmul_triton(torch.zeros(1, 20, dtype=torch.int8), packed, "1.58bit", 20)
     with pytest.raises(ValueError, match="x_codes must be int8"):
         lowbit_matmul_triton(torch.zeros(1, 16), packed, "1.58bit", 16)
+    with pytest.raises(ValueError, match=r"expected uint8 of shape \(4, 2\)"):  # 16 binary weights: 2 bytes
+        bitlinear_triton(torch.zeros(1, 16), packed, torch.tensor(1.0), "1bit", 16)
 
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="no CUDA device")
@@ -117,21 +143,23 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from yoco.ops import bitlinear_triton as K
 
-matmul_sig = {"xq_ptr": "*i8", "w_ptr": "*u8", "x_scale_ptr": "*fp32", "w_scale_ptr": "*fp32",
+matmul_sig = {"x_ptr": "*i8", "w_ptr": "*u8", "x_scale_ptr": "*fp32", "w_scale_ptr": "*fp32",
               "out_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "KP": "i32", "stride_xm": "i32",
               "stride_wn": "i32", "stride_om": "i32", "M_BUCKET": "i32", "BITS": "constexpr",
-              "DEQUANT": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_KP": "constexpr"}
+              "DEQUANT": "constexpr", "QUANTIZE": "constexpr", "BLOCK_M": "constexpr",
+              "BLOCK_N": "constexpr", "BLOCK_KP": "constexpr"}
 quant_sig = {"x_ptr": "*bf16", "codes_ptr": "*i8", "scale_ptr": "*fp32", "K": "i32", "stride_xm": "i32",
              "stride_cm": "i32", "BLOCK_K": "constexpr"}
 configs = K._matmul_configs()
 ptx = {}
 target = GPUTarget("cuda", 90, 32)  # the H100's; sm_80 lowers the same way (mma.sync), checked by hand
-for bits in (2, 1):
-    for cfg in (configs[0], configs[-2]):  # decode tiles, prefill tiles
-        src = ASTSource(fn=K._lowbit_matmul_kernel.fn, signature=matmul_sig,  # .fn: under the autotuner
-                        constexprs=dict(BITS=bits, DEQUANT=True, **cfg.kwargs))
-        k = triton.compile(src, target=target, options=dict(num_warps=cfg.num_warps))
-        ptx[f"matmul-{bits}bit-M{cfg.kwargs['BLOCK_M']}"] = k.asm["ptx"]
+for bits, quantize, cfg in [(2, True, configs[0]), (1, True, configs[0]),  # decode: fused
+                            (2, False, configs[-2]), (1, False, configs[-2])]:  # prefill tiles
+    sig = dict(matmul_sig, x_ptr="*bf16" if quantize else "*i8")
+    src = ASTSource(fn=K._lowbit_matmul_kernel.fn, signature=sig,  # .fn: under the autotuner
+                    constexprs=dict(BITS=bits, DEQUANT=True, QUANTIZE=quantize, **cfg.kwargs))
+    k = triton.compile(src, target=target, options=dict(num_warps=cfg.num_warps))
+    ptx[f"matmul-{bits}bit-M{cfg.kwargs['BLOCK_M']}-{'fused' if quantize else 'codes'}"] = k.asm["ptx"]
 src = ASTSource(fn=K._quantize_rows_kernel, signature=quant_sig, constexprs={"BLOCK_K": 1024})
 ptx["quantize"] = triton.compile(src, target=target).asm["ptx"]
 json.dump(ptx, sys.stdout)
@@ -155,5 +183,6 @@ def test_kernels_compile_for_hopper_without_a_gpu(tmp_path):
         if name.startswith("matmul"):
             # mma.sync ... .s32.s8.s8.s32 (Ampere tiles) or wgmma ... .s32.s8.s8 (Hopper, M >= 64)
             assert re.search(r"mma[a-z0-9_.]*\.s32\.s8\.s8", code) and "div.rn.f32" in code, name
+            assert ("cvt.rmi." in code) == name.endswith("fused"), name  # rounding only where it quantizes
         else:
             assert "div.rn.f32" in code and "cvt.rmi." in code and "fma.r" not in code, name

@@ -14,6 +14,7 @@ shape, the speedup over it and the bandwidth counting packed weight bytes (also 
 """
 
 import copy
+from functools import partial
 
 import pytest
 import torch
@@ -52,18 +53,18 @@ def layer_bytes(layer):
     return layer.weight.numel() * layer.weight.element_size()
 
 
-def cuda_graph_of_calls(layers, x):
-    """One CUDA graph of forwards that reads every copy in `layers` once (at least
-    CALLS_PER_ROUND calls): the weights stream from HBM, not L2. Returns (graph, calls)."""
-    calls = max(CALLS_PER_ROUND, len(layers))
+def cuda_graph_of_calls(forwards):
+    """One CUDA graph that runs every forward in `forwards` (one per weight copy) at least once,
+    CALLS_PER_ROUND calls or more: the weights stream from HBM, not L2. Returns (graph, calls)."""
+    calls = max(CALLS_PER_ROUND, len(forwards))
     with torch.no_grad():
-        for layer in layers[:2]:  # autotune and warm up outside the capture
-            layer(x)
+        for forward in forwards[:2]:  # autotune and warm up outside the capture
+            forward()
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             for i in range(calls):
-                layers[i % len(layers)](x)
+                forwards[i % len(forwards)]()
     return graph, calls
 
 
@@ -97,18 +98,26 @@ def test_bitlinear_vs_linear(benchmark, device, case, shape):
                                 weight_bytes=layer_bytes(layer))
 
     if device == "cuda" and benchmark.enabled:
-        graph, calls = cuda_graph_of_calls(cold_copies(layer), x)
+        graph, calls = cuda_graph_of_calls([partial(c, x) for c in cold_copies(layer)])
         benchmark.extra_info["calls_per_round"] = calls
         benchmark.pedantic(lambda: (graph.replay(), torch.cuda.synchronize()), rounds=20, warmup_rounds=2)
         us = cuda_us_per_call(graph, calls)
         benchmark.extra_info["us_per_call"] = us
         if case != "linear":
+            from yoco.ops.bitlinear_triton import bitlinear_triton
+
             bf16 = build_layer("linear", dim, device, torch.bfloat16)
-            bf16_us = cuda_us_per_call(*cuda_graph_of_calls(cold_copies(bf16), x))
+            bf16_us = cuda_us_per_call(*cuda_graph_of_calls([partial(c, x) for c in cold_copies(bf16)]))
+            # the same kernel with quantization as its own launch (what M > 16 uses), for comparison
+            two_launch_us = cuda_us_per_call(*cuda_graph_of_calls([
+                partial(bitlinear_triton, x, c.packed_weight, c.weight_scale, c.mode, dim, fused=False)
+                for c in cold_copies(layer)]))
             benchmark.extra_info.update(bf16_linear_us=bf16_us, speedup_vs_bf16=bf16_us / us,
-                                        packed_GBps=layer_bytes(layer) / us / 1e3)
-            print(f"\n{case} M={rows} K=N={dim}: {us:.2f} us/call, bf16 F.linear {bf16_us:.2f} us, "
-                  f"speedup {bf16_us / us:.2f}x, {layer_bytes(layer) / us / 1e3:.0f} GB/s of packed weights")
+                                        packed_GBps=layer_bytes(layer) / us / 1e3,
+                                        two_launch_us=two_launch_us)
+            print(f"\n{case} M={rows} K=N={dim}: {us:.2f} us/call (two launches {two_launch_us:.2f}), "
+                  f"bf16 F.linear {bf16_us:.2f} us, speedup {bf16_us / us:.2f}x, "
+                  f"{layer_bytes(layer) / us / 1e3:.0f} GB/s of packed weights")
     else:
         def call():
             with torch.no_grad():
