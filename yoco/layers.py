@@ -145,6 +145,10 @@ class SlidingWindowAttention(nn.Module):
         q, k, v = self._project(x, positions)
         if self.use_flash and q.is_cuda:
             o = flash_attention(q, k, v, window=self.window)
+        elif q.is_cuda and q.shape[2] > self.window:  # T <= W is plain causal: SDPA's flash kernel
+            from yoco.ops.flex_attention import sliding_window_flex
+
+            o = sliding_window_flex(q, k, v, self.window)
         else:
             o = sliding_window_attention(q, k, v, self.window)
         if cache is not None:
