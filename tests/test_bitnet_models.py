@@ -28,6 +28,15 @@ def rel_err(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core runner they lose ~10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_bitlinear_replaces_block_linears_only():
     model = build("gret", "1.58bit")
     plain = [m for m in model.modules() if type(m) is nn.Linear]
@@ -37,17 +46,8 @@ def test_bitlinear_replaces_block_linears_only():
 
 # --- 3. training: the STE lets both models memorise a fixed batch ------------------------------
 
-@pytest.fixture
-def one_thread():
-    """Tiny matrices gain nothing from threads, and on a busy 2-core runner they lose ~10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("arch,mode", [("gret", "1.58bit"), ("transformer", "1.58bit"), ("swa", "1bit")])
-def test_training_drives_loss_down(arch, mode, one_thread):
+def test_training_drives_loss_down(arch, mode):
     model = build(arch, mode, n_layers=2).train()
     tokens = torch.randint(0, model.config.vocab_size, (2, 17))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
