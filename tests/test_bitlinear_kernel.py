@@ -75,7 +75,7 @@ def test_integer_matmul_kernel_at_extreme_values(device, mode):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("fused", [True, False])  # quantize inside the matmul, or a launch before it
 def test_bitlinear_kernel_equals_reference_bitwise(device, mode, dtype, fused):
     _, _, scale, packed = random_weight(24, 70, mode, device, seed=7)
