@@ -213,7 +213,7 @@ def run_sides(trees: dict[str, Path], out: Path, suite: str, args, order: tuple[
                     raise Skip(f"the base revision could not run the suite: {e}") from None
                 raise
             if side == "new":
-                plant(run_dir)
+                plant(run_dir, only)
             log(f"{out.name} run {i + 1}/{args.runs} {side}: {time.perf_counter() - t0:.1f} s")
 
 
@@ -249,7 +249,7 @@ def check_imported_from(tree: Path, run_dir: Path):
         raise GateError(f"the run for {tree} imported bench from {script}: check PYTHONPATH and installed copies")
 
 
-def plant(run_dir: Path):
+def plant(run_dir: Path, only: list[str] | None = None):
     """Test-only planted slowdown of one case's metric (BENCH_GATE_PLANT=CASE_ID:METRIC:FACTOR)."""
     spec = os.environ.get(PLANT_VARIABLE)
     if not spec:
@@ -260,6 +260,8 @@ def plant(run_dir: Path):
     except ValueError:
         raise GateError(f"{PLANT_VARIABLE}={spec!r}: expected CASE_ID:METRIC:FACTOR, e.g. "
                         f"yoco-gret-...:decode_ms_per_step:1.25") from None
+    if only is not None and case_id not in only:
+        return  # a confirmation run of other cases
     log(f"WARNING: {PLANT_VARIABLE} set: {metric} of {case_id} scaled by {factor} in {run_dir.name} (test only)")
     columns = {"samples.csv": ("value", "normalized"), "results.csv": (metric,)}
     touched = 0

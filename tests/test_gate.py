@@ -165,6 +165,16 @@ def test_plant_variable_scales_the_working_tree_samples(repo, capsys, monkeypatc
     monkeypatch.setenv(gate.PLANT_VARIABLE, "yoco-gret-tiny:decode_ms_per_step:1.25")
     assert run_gate("--base", "HEAD", "--out", str(repo.parent / "out")) == 1
     assert "1 confirmed" in capsys.readouterr().out
+    # planted in one case, a real slowdown flagged in another: the confirmation of that other
+    # case runs without the planted one
+    set_speed(repo, **{"yoco-swa-tiny__prefill_ms": 1.4})
+    assert run_gate("--base", "HEAD", "--out", str(repo.parent / "out1")) == 1
+    assert "2 confirmed" in capsys.readouterr().out
+    monkeypatch.setenv(gate.PLANT_VARIABLE, "yoco-gret-tiny:prefill_ms:1.0")
+    assert run_gate("--base", "HEAD", "--out", str(repo.parent / "out3")) == 1
+    out = capsys.readouterr().out
+    assert "1 confirmed" in out and "yoco-swa-tiny" in out
+    set_speed(repo)
     monkeypatch.setenv(gate.PLANT_VARIABLE, "no-such-case:decode_ms_per_step:1.25")
     assert run_gate("--base", "HEAD", "--out", str(repo.parent / "out2")) == 2
     assert "no samples" in capsys.readouterr().err
