@@ -126,12 +126,19 @@ def run_gate(args) -> int:
             final = compare.mark_unconfirmed(first, confirmation)
     confirmed = sum(r.status == "regressed" for r in final.rows if r.metric in compare.METRICS
                     and compare.METRICS[r.metric].kind == "timing")
-    print(compare.render(final, args.format))
-    if args.format == "json":
+    summary = (f"gate: first pass flagged {len(flagged)} timing(s), {confirmed} confirmed; "
+               f"{time.perf_counter() - started:.0f} s in all; runs kept in {out}")
+    if args.format == "json":  # stdout stays one JSON document
+        report = json.loads(compare.render(final, "json"))
+        report["gate"] = dict(base=args.base, base_commit=base_commit, runs=args.runs, first_pass_flagged=len(flagged),
+                              confirmed=confirmed, seconds=round(time.perf_counter() - started, 1), out=str(out))
+        print(json.dumps(report, indent=2))
         for path in compare.write_dashboard(final, args.dashboard_dir or out):
             log(f"wrote {path}")
-    print(f"gate: first pass flagged {len(flagged)} timing(s), {confirmed} confirmed; "
-          f"{time.perf_counter() - started:.0f} s in all; runs kept in {out}")
+        log(summary)
+    else:
+        print(compare.render(final, args.format))
+        print(summary)
     return 1 if final.failed else 0
 
 
