@@ -165,7 +165,7 @@ def trend_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_markdown(df: pd.DataFrame, env: dict) -> str:
-    device = f"{env.get('device', '?')} ({env.get('device_name', '?')}, {env.get('threads', '?')} threads)"
+    device = f"{env.get('device', '?')} ({env.get('device_name', '?')}, threads: {env.get('threads', '?')})"
     lines = [f"# Benchmark summary: suite `{env.get('suite', '?')}` on {device}", "",
              f"git commit `{env.get('git_commit', '?')}`, torch {env.get('versions', {}).get('torch', '?')}; "
              f"copy bandwidth {env.get('copy_bandwidth_bytes_s', math.nan) / 1e9:.1f} GB/s, "
