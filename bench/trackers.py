@@ -92,6 +92,17 @@ def current_memory_bytes(device: str) -> float:
     return float(match.group(1)) * 1024 if match else math.nan
 
 
+def _nvml_handle(pynvml, device_index: int):
+    """NVML's handle for torch's device: by PCI bus id (CUDA_VISIBLE_DEVICES renumbers devices
+    for torch but not for NVML), by index where torch does not report the bus."""
+    try:
+        props = torch.cuda.get_device_properties(device_index)
+        bus_id = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+        return pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
+    except Exception:  # older torch, or NVML does not know that bus id
+        return pynvml.nvmlDeviceGetHandleByIndex(device_index)
+
+
 def nvml_used_bytes(device_index: int = 0) -> float:
     """Device-wide used memory from NVML (all processes: containers may hide our own PIDs)."""
     try:
@@ -99,7 +110,7 @@ def nvml_used_bytes(device_index: int = 0) -> float:
 
         pynvml.nvmlInit()
         try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+            handle = _nvml_handle(pynvml, device_index)
             return float(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
         finally:
             pynvml.nvmlShutdown()

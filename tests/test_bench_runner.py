@@ -17,7 +17,7 @@ import baselines
 import yoco
 from bench import isolation, roofline, runner
 from bench.suite import Case
-from bench.trackers import PeakMemory, quantiles, time_ms
+from bench.trackers import PeakMemory, nvml_used_bytes, quantiles, time_ms
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,6 +113,11 @@ def test_cpu_peak_memory_sees_an_allocation_and_resets_per_phase():
     second.stop()
     assert mem.source == "cpu_vmhwm"
     assert second.allocated < mem.allocated - 32 * 2**20  # the reset forgot the freed block
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_nvml_without_a_gpu_gives_nan_not_an_error():
+    assert math.isnan(nvml_used_bytes(0))
 
 
 def mem_now() -> float:
