@@ -9,9 +9,11 @@ starts with OMP_WAIT_POLICY=PASSIVE unless the user chose a policy.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import multiprocessing.forkserver
 import os
+import signal
 
 PRELOAD = ["bench.preload", "bench.runner"]
 _context = None
@@ -37,7 +39,26 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())}"[:500]
 
 
+def _die_with_server():
+    """A killed run must leave no case computing on (and holding a GPU). The server exits once
+    no process holds its "alive" pipe; multiprocessing hands each child a copy so that it could
+    start processes of its own, which a case never does: closing it leaves the CLI the only
+    holder. Then (Linux) the case asks for SIGKILL when its parent, the server, dies."""
+    try:
+        server = multiprocessing.forkserver._forkserver
+        if server._forkserver_alive_fd is not None:
+            os.close(server._forkserver_alive_fd)
+            server._forkserver_alive_fd = None
+    except (AttributeError, OSError):  # another Python's internals: the case may outlive a kill
+        pass
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: an orphan finishes its case, then exits
+        pass
+
+
 def _child(conn, fn, args, threads):
+    _die_with_server()
     try:
         if threads:
             import torch

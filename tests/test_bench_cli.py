@@ -131,8 +131,19 @@ def test_kill_then_resume_loses_nothing_and_doubles_nothing(tmp_path, mini_suite
         while time.time() < deadline and not ((out / "results.csv").exists() and len(rows(out / "results.csv")) >= 1):
             time.sleep(0.05)
         time.sleep(0.3)
+        group = processes_in_group(proc.pid)
+        assert len(group) >= 3  # the CLI, the case server, the hanging case
+        os.kill(proc.pid, signal.SIGKILL)  # the CLI alone: its server and case must follow
+        proc.wait()
+        deadline = time.time() + 20
+        while time.time() < deadline and processes_in_group(proc.pid):
+            time.sleep(0.1)
+        assert processes_in_group(proc.pid) == set()
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         proc.wait()
     assert len(rows(out / "results.csv")) == 1
     # A torn half-line, as a kill during a write would leave.
@@ -147,6 +158,22 @@ def test_kill_then_resume_loses_nothing_and_doubles_nothing(tmp_path, mini_suite
     per_case = {c.case_id: sum(s["case_id"] == c.case_id for s in samples) for c in cases}
     assert set(per_case.values()) == {2 * 2}  # prefill + decode, 2 repeats each, once
     assert (out / "summary.md").exists()
+
+
+def processes_in_group(pgid: int) -> set[int]:
+    """Live (not zombie) processes of a process group, from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.add(int(entry.name))
+    return found
 
 
 def test_injected_oom_and_crash_record_rows_and_the_sweep_goes_on(tmp_path, mini_suite, monkeypatch):
