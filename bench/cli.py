@@ -146,6 +146,7 @@ def cmd_run(args) -> int:
 
         present = backends.detect()  # import them for real: a broken install counts as absent
     suites.check_backends_usable(cases, device, present)
+    suites.check_archs_usable(cases)
 
     if args.resume is not None:
         out = args.resume
@@ -481,7 +482,10 @@ def cmd_list(args) -> int:
     for name, p in PRESETS.items():
         print(f"  {name:<6} {p['d_model']:>5} / {p['n_layers']:>2} / {p['n_heads']:>2} / {p['n_kv_heads']:>2}, "
               f"vocab {p['vocab_size']}")
-    print("archs: yoco-gret, yoco-swa, transformer")
+    from baselines import hf_llama
+
+    print("archs: yoco-gret, yoco-swa, transformer, hf-llama"
+          f"{'' if hf_llama.available() else ' (hf-llama needs HF transformers: not installed)'}")
     print(f"bitnet modes: {', '.join(BITNET_MODES)}")
     found = backends.detect()
     cuda = torch.cuda.is_available()

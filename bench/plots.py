@@ -17,7 +17,7 @@ from yoco.config import BITNET_MODES  # noqa: E402
 
 MB = 2**20
 STYLE = {"transformer": dict(color="tab:red", marker="o"), "yoco-gret": dict(color="tab:blue", marker="s"),
-         "yoco-swa": dict(color="tab:green", marker="^")}
+         "yoco-swa": dict(color="tab:green", marker="^"), "hf-llama": dict(color="tab:orange", marker="D")}
 ONE_MILLION = 1 << 20
 
 

@@ -67,7 +67,7 @@ def prefill_flops_parts(config, arch: str, batch: int, seq_len: int) -> dict[str
     attn_width, kv_width = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
     ffn_flops = 2 * 3 * d * ffn  # per token
     lm_head = 2 * d * V  # last position only
-    if arch == "transformer":
+    if arch in ("transformer", "hf-llama"):  # hf-llama: the same Llama shape, logits for the last position
         dense = c.n_layers * N * (2 * d * (2 * attn_width + 2 * kv_width) + ffn_flops) + lm_head
         attention = c.n_layers * 2 * attn_width * N * (N + 1)
         return dict(dense=float(batch * dense), attention=float(batch * attention))
@@ -86,7 +86,8 @@ def prefill_flops_parts(config, arch: str, batch: int, seq_len: int) -> dict[str
         keys_seen = N * (N + 1) // 2 if N <= W else W * (W + 1) // 2 + (N - W) * W
         mixer_dense, mixer_attention = N * 2 * 4 * d * d, 4 * d * keys_seen
     else:
-        raise ValueError(f"unknown arch {arch!r}: valid archs are 'yoco-gret', 'yoco-swa', 'transformer'")
+        raise ValueError(f"unknown arch {arch!r}: valid archs are 'yoco-gret', 'yoco-swa', 'transformer', "
+                         f"'hf-llama'")
     global_kv = N * 2 * d * 2 * kv_width
     cross_dense = 2 * d * 2 * attn_width + ffn_flops  # early exit: the last position only
     dense = n_self * (mixer_dense + N * ffn_flops) + global_kv + n_cross * cross_dense + lm_head

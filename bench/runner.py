@@ -49,6 +49,10 @@ def build_model(case: Case, device: str):
         overrides["max_seq_len"] = need
     if case.arch == "transformer":
         model = baselines.from_preset(case.preset, device=device, dtype=DTYPES[case.dtype], **overrides)
+    elif case.arch == "hf-llama":
+        from baselines import hf_llama
+
+        model = hf_llama.from_preset(case.preset, device=device, dtype=DTYPES[case.dtype], **overrides)
     else:
         if case.window is not None:
             overrides["window"] = case.window
@@ -63,13 +67,15 @@ def estimate(case: Case) -> dict:
     """Sizes from a model built on the meta device: no memory, no time. Built with the torch
     backend (sizes do not depend on it), so a dry run lists cases whose backend is absent here."""
     # The cache key keeps only what the model depends on (max_seq_len grows past the preset's).
+    # hf-llama is sized as its twin, our transformer: the same shapes, and no transformers needed.
     length = max(case.seq_len + case.gen_len, PRESETS[case.preset]["max_seq_len"])
-    key = dataclasses.replace(case, backend="torch", batch=1, seq_len=1, gen_len=length - 1)
+    arch = "transformer" if case.arch == "hf-llama" else case.arch
+    key = dataclasses.replace(case, arch=arch, backend="torch", batch=1, seq_len=1, gen_len=length - 1)
     model, params, weight_bytes = _meta_model(key)
     cache = model.kv_cache_bytes(case.batch, case.seq_len + case.gen_len)
     return dict(params=params, weight_bytes=weight_bytes, kv_cache_bytes_formula=cache,
                 estimated_bytes=weight_bytes + cache,
-                prefill_flops=roofline.prefill_flops(model.config, case.arch, case.batch, case.seq_len))
+                prefill_flops=roofline.prefill_flops(model.config, arch, case.batch, case.seq_len))
 
 
 @functools.lru_cache(maxsize=32)

@@ -21,7 +21,8 @@ Grammar (the built-in suites in bench/suites/ use the same one as a user's own f
 
 Without [[sweep]], [axes] is the one sweep. Axes not given take AXIS_DEFAULTS. The window only
 applies to yoco-swa and the self-decoder only to YOCO, so other archs get window = None and the
-duplicates that leaves are merged.
+duplicates that leaves are merged. hf-llama (HF transformers' Llama, the outside peer of our
+transformer) has no BitNet layers: its combinations with bitnet other than "none" are dropped.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 SUITES_DIR = Path(__file__).parent / "suites"
-ARCHS = ("yoco-gret", "yoco-swa", "transformer")
+ARCHS = ("yoco-gret", "yoco-swa", "transformer", "hf-llama")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
 
@@ -187,6 +188,8 @@ def _expand(path: Path, axes: dict, excludes: list) -> list[Case]:
             continue
         if point["arch"] != "yoco-swa":
             point["window"] = None  # only the SWA self-decoder has a window
+        if point["arch"] == "hf-llama" and point["bitnet"] != "none":
+            continue
         cases.append(Case(**point))
     return cases
 
@@ -227,6 +230,16 @@ def _validate(path: Path, name: str, value):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"{path}: {name} values must be integers >= 1, got {value!r}")
     return value
+
+
+def check_archs_usable(cases: list[Case]):
+    """hf-llama needs HF transformers: a usage error for a real run where it is missing."""
+    if any(c.arch == "hf-llama" for c in cases):
+        from baselines import hf_llama
+
+        if not hf_llama.available():
+            raise UsageError("arch 'hf-llama' needs HF transformers, which does not import here "
+                             "(pip install transformers), or drop it from the suite")
 
 
 def optional_parts(cases: list[Case]) -> set[str]:

@@ -287,6 +287,18 @@ def test_bare_command_picks_the_suite_for_the_device():
     assert args.suite is None and args.device is None and not args.dry_run
 
 
+def test_hf_llama_without_transformers_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    from baselines import hf_llama
+
+    monkeypatch.setattr(hf_llama, "available", lambda: False)
+    suite = tmp_path / "hf.toml"
+    suite.write_text('[axes]\narch = ["hf-llama"]\n')
+    assert cli.main(["run", "--suite", str(suite), "--out", str(tmp_path / "o")]) == 2
+    assert "needs HF transformers" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert cli.main(["run", "--suite", str(suite), "--dry-run"]) == 0  # sized as its twin: still listed
+    assert "hf-llama-tiny" in capsys.readouterr().out
+
+
 def test_existing_run_dir_needs_resume(mini_run, capsys):
     assert cli.main(["run", "--suite", "smoke", "--out", str(mini_run)]) == 2
     assert "--resume" in capsys.readouterr().err

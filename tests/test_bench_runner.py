@@ -169,6 +169,23 @@ def test_estimate_matches_the_built_model():
     assert est["weight_bytes"] == pytest.approx(model.weight_bytes(), rel=0.02)
 
 
+def test_hf_llama_case_runs_beside_its_twin():
+    """The outside peer (HF transformers' Llama) measured by the same runner, in its own process."""
+    from baselines import hf_llama
+
+    if not hf_llama.available():
+        pytest.skip("HF transformers is not installed")
+    case = Case(arch="hf-llama", preset="tiny", batch=1, seq_len=32, gen_len=3, window=None, bitnet="none",
+                dtype="float32", backend="torch", compile=False)
+    row, samples = runner.run_case(case, "cpu", 1, 1, {})
+    assert row["status"] == "ok", row["error"]
+    twin = tiny("transformer")
+    assert row["kv_cache_bytes"] == row["kv_cache_bytes_formula"] == twin.kv_cache_bytes(1, 35)
+    assert row["params"] == twin.num_parameters()
+    assert row["prefill_flops"] == roofline.prefill_flops(twin.config, "transformer", 1, 32)
+    assert len(samples) == 2
+
+
 @pytest.mark.slow
 def test_compiled_case_runs_and_matches_eager_cache(tmp_path):
     """One compiled case: the decode step as one graph (torch.compile on CPU costs 15 s or more)."""

@@ -59,6 +59,18 @@ exclude = [{arch = "transformer", seq_len = 256}]
     assert not any(c.arch == "transformer" and c.seq_len == 256 for c in suite.cases)
 
 
+def test_hf_llama_has_no_window_and_no_bitnet():
+    suite = parse("""
+[axes]
+arch = ["hf-llama", "transformer"]
+window = [16, 32]
+bitnet = ["none", "1.58bit"]
+""")
+    hf = [c for c in suite.cases if c.arch == "hf-llama"]
+    assert len(hf) == 1 and hf[0].window is None and hf[0].bitnet == "none"
+    assert len([c for c in suite.cases if c.arch == "transformer"]) == 2
+
+
 def test_sweeps_override_axes_and_union_without_duplicates():
     suite = parse("""
 [suite]
