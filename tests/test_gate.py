@@ -95,7 +95,7 @@ def repo(tmp_path, monkeypatch):
 def run_gate(*argv):
     parser = argparse.ArgumentParser()
     gate.add_arguments(parser)
-    return gate.main(parser.parse_args(list(argv)))
+    return gate.main(parser.parse_args(["--runs", "5", *argv]))  # the fewest that can flag: fast tests
 
 
 def set_speed(repo, **speed):
