@@ -80,6 +80,15 @@ def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     return x.view(*x.shape[:-1], n_heads, -1)
 
 
+def _attention_step(mixer, x, pos, cache):
+    """Decode step of a self-attending mixer (SWA, the baseline's): rotate the new token's q and
+    k at `pos`, write k, v into the static cache in place, attend to the valid slots."""
+    q, k, v = mixer._project(x, pos)
+    cache.write(pos, k, v)
+    o = cached_attention(q, cache.k, cache.v, cache.valid(pos))
+    return mixer.wo(o.transpose(1, 2).flatten(-2))
+
+
 class GatedRetention(nn.Module):
     """gRet: data-dependent decay gamma_t = sigmoid(a_t)^(1/tau), rotary q and k, per-head
     RMSNorm without scale, output gated by silu(x W_g). The cache is one float32 state per head."""
@@ -155,11 +164,7 @@ class SlidingWindowAttention(nn.Module):
             cache.fill(k, v)
         return self.wo(o.transpose(1, 2).flatten(-2))
 
-    def step(self, x, pos, cache):
-        q, k, v = self._project(x, pos)
-        cache.write(pos, k, v)
-        o = cached_attention(q, cache.k, cache.v, cache.valid(pos))
-        return self.wo(o.transpose(1, 2).flatten(-2))
+    step = _attention_step
 
 
 class CausalAttention(nn.Module):
@@ -190,11 +195,7 @@ class CausalAttention(nn.Module):
         o = flash_attention(q, k, v) if self.use_flash and q.is_cuda else causal_attention(q, k, v)
         return self.wo(o.transpose(1, 2).flatten(-2))
 
-    def step(self, x, pos, cache):
-        q, k, v = self._project(x, pos)
-        cache.write(pos, k, v)
-        o = cached_attention(q, cache.k, cache.v, cache.valid(pos))
-        return self.wo(o.transpose(1, 2).flatten(-2))
+    step = _attention_step
 
 
 class CrossAttention(nn.Module):
