@@ -207,11 +207,7 @@ def _check_writable(out: Path):
             raise UsageError(f"--out {out} exists and is not a directory")
         if (out / "results.csv").exists():
             raise UsageError(f"--out {out} already holds a run: use --resume {out} to finish it, or another --out")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write to --out {out}: {parent} is not a writable directory")
+    _check_writable_dir(out)
 
 
 def _load_resume(run_dir: Path) -> dict:
@@ -462,11 +458,28 @@ def cmd_plot(args) -> int:
 
 
 def _check_writable_dir(out: Path):
+    """Usage error unless `out` can be created and written to. Tries for real (root passes
+    os.access where the filesystem still refuses, e.g. under /proc) and leaves nothing behind."""
+    created = []
     parent = out
     while not parent.exists():
+        created.append(parent)
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write to --out {out}: {parent} is not a writable directory")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write to --out {out}: {parent} is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    finally:
+        for d in created:  # innermost first
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
 
 def cmd_list(args) -> int:

@@ -262,6 +262,13 @@ def test_usage_errors_write_nothing(tmp_path, capsys):
     blocker.write_text("x")
     assert cli.main(["run", "--suite", "smoke", "--out", str(blocker / "run")]) == 2
     assert "cannot write to --out" in capsys.readouterr().err
+    # access() says yes to root here, the filesystem says no: the check must try for real
+    assert cli.main(["run", "--suite", "smoke", "--out", "/proc/yoco-bench-run"]) == 2
+    assert "cannot write to --out /proc/yoco-bench-run" in capsys.readouterr().err
+    created = tmp_path / "new" / "deeper"
+    assert cli.main(["run", "--suite", str(tmp_path / "missing.toml"), "--out", str(created)]) == 2
+    capsys.readouterr()
+    assert not (tmp_path / "new").exists()  # the probe left nothing behind
     bad = tmp_path / "bad.toml"
     bad.write_text("[axes]\nseq_len = [1,\narch = 3\n")
     out = tmp_path / "out"
