@@ -41,8 +41,9 @@ class Transformer(CausalLM):
     def _step(self, tokens, cache):
         pos = cache.pos
         x = self.embed(tokens[:, None])
+        valid = cache.layers[0].valid(pos)  # every layer's cache has the same length
         for layer, layer_cache in zip(self.layers, cache.layers):
-            x = layer.step(x, pos, layer_cache)
+            x = layer.step(x, pos, layer_cache, valid)
         pos.add_(1)
         return self.lm_head(self.norm(x))[:, 0]
 

@@ -80,12 +80,13 @@ def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     return x.view(*x.shape[:-1], n_heads, -1)
 
 
-def _attention_step(mixer, x, pos, cache):
+def _attention_step(mixer, x, pos, cache, valid=None):
     """Decode step of a self-attending mixer (SWA, the baseline's): rotate the new token's q and
-    k at `pos`, write k, v into the static cache in place, attend to the valid slots."""
+    k at `pos`, write k, v into the static cache in place, attend to the valid slots (`valid`,
+    when the caller computed it once for all layers, else the cache's own)."""
     q, k, v = mixer._project(x, pos)
     cache.write(pos, k, v)
-    o = cached_attention(q, cache.k, cache.v, cache.valid(pos))
+    o = cached_attention(q, cache.k, cache.v, cache.valid(pos) if valid is None else valid)
     return mixer.wo(o.transpose(1, 2).flatten(-2))
 
 
@@ -227,8 +228,8 @@ class CrossAttention(nn.Module):
             raise ValueError(f"cross-attention takes all {k.shape[2]} queries or the last one, got {q.shape[2]}")
         return self.wo(o.transpose(1, 2).flatten(-2))
 
-    def step(self, x, pos, cache):
-        o = cached_attention(self._query(x, pos), cache.k, cache.v, cache.valid(pos))
+    def step(self, x, pos, cache, valid):
+        o = cached_attention(self._query(x, pos), cache.k, cache.v, valid)
         return self.wo(o.transpose(1, 2).flatten(-2))
 
 

@@ -77,8 +77,9 @@ class YOCO(CausalLM):
             x = layer.step(x, pos, layer_cache)
         k, v = self.global_kv(x, pos)
         cache.shared.write(pos, k, v)
+        valid = cache.shared.valid(pos)  # one mask for every cross layer: they share the cache
         for layer in self.cross_layers:
-            x = layer.step(x, pos, cache.shared)
+            x = layer.step(x, pos, cache.shared, valid)
         pos.add_(1)
         return self.lm_head(self.norm(x))[:, 0]
 

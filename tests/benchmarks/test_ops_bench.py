@@ -96,7 +96,7 @@ def test_swa_decode_step(benchmark, device, small_swa):
         layer(prompt, positions, cache)  # prefill: the ring holds the last W tokens
         benchmark.group = f"decode-step-{device}"
         benchmark.extra_info.update(window=cfg.window, heads=cfg.n_self_heads)
-        out = benchmark(synced(lambda: layer.step(x, pos, cache), device))
+        out = benchmark(synced(lambda: layer.step(x, pos, cache, cache.valid(pos)), device))
     # rewriting the same slot with the same token is idempotent: every call equals the full forward
     torch.testing.assert_close(out, full, rtol=1e-4, atol=1e-5)
 
@@ -117,6 +117,6 @@ def test_cross_attention_decode_step(benchmark, device, small_swa):
     with torch.no_grad():
         benchmark.group = f"decode-step-{device}"
         benchmark.extra_info.update(cache_len=S, heads=cfg.n_heads, kv_heads=cfg.n_kv_heads)
-        out = benchmark(synced(lambda: layer.step(x, pos, cache), device))
+        out = benchmark(synced(lambda: layer.step(x, pos, cache, cache.valid(pos)), device))
         expected = layer(x, k, v, pos)  # the last position attends to every key
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
