@@ -1,6 +1,7 @@
 """The benchmarking harness: `python -m bench` (see bench.cli).
 
-What to run (suite), how a case is isolated (isolation, runner), what is recorded (trackers),
-how good it is (roofline), how it is shown (report, plots), whether it got worse (compare,
-stats, gate). Nothing in yoco/ or baselines/ knows this package exists.
+Grouped by the question each part answers: what to run (suite, run), how one case is measured
+(measure/: isolation, runner, trackers, roofline), did it get worse (judge/: stats, compare,
+gate), how it is shown (show/: report, plots, progress). Nothing in yoco/ or baselines/ knows
+this package exists.
 """

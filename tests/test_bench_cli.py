@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import cli, report
+from bench import cli
+from bench import run as bench_run
+from bench.show import report
 from bench.suite import load_suite
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,7 +126,7 @@ def test_kill_then_resume_loses_nothing_and_doubles_nothing(tmp_path, mini_suite
     cases = load_suite(str(mini_suite)).cases
     # The second case hangs, so the kill lands while it is in flight, after the first was written.
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(mini_suite), "--out", str(out)],
-                            cwd=REPO, env={**os.environ, cli.INJECT_ENV: f"hang:{cases[1].case_id}"},
+                            cwd=REPO, env={**os.environ, bench_run.INJECT_ENV: f"hang:{cases[1].case_id}"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -178,7 +180,7 @@ def processes_in_group(pgid: int) -> set[int]:
 
 def test_injected_oom_and_crash_record_rows_and_the_sweep_goes_on(tmp_path, mini_suite, monkeypatch):
     out = tmp_path / "run"
-    monkeypatch.setenv(cli.INJECT_ENV, "oom:transformer-tiny-b1-s32,crash:yoco-swa")
+    monkeypatch.setenv(bench_run.INJECT_ENV, "oom:transformer-tiny-b1-s32,crash:yoco-swa")
     assert cli.main(["run", "--suite", str(mini_suite), "--out", str(out)]) == 0
     status = {r["case_id"].split("-tiny")[0] + "-" + r["seq_len"]: r for r in rows(out / "results.csv")}
     assert status["transformer-32"]["status"] == "oom" and "OutOfMemoryError" in status["transformer-32"]["error"]

@@ -15,9 +15,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import baselines
 import yoco
-from bench import isolation, roofline, runner
+from bench.measure import isolation, roofline, runner
+from bench.measure.trackers import PeakMemory, nvml_used_bytes, quantiles, time_ms
 from bench.suite import Case
-from bench.trackers import PeakMemory, nvml_used_bytes, quantiles, time_ms
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -197,9 +197,9 @@ def test_compiled_case_runs_and_matches_eager_cache(tmp_path):
 
 
 def test_preload_starts_no_threads():
-    """Cases fork from the server after bench.preload: beyond what importing torch starts, it
+    """Cases fork from the server after bench.measure.preload: beyond what importing torch starts, it
     must start no threads (no OpenMP pool: its meta builds compute nothing)."""
-    code = ("import os, torch; n = len(os.listdir('/proc/self/task')); import bench.preload; "
+    code = ("import os, torch; n = len(os.listdir('/proc/self/task')); import bench.measure.preload; "
             "print(n, len(os.listdir('/proc/self/task')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     before, after = map(int, out.stdout.split())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import report
+from bench.show import report
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "check_targets.py"
 spec = importlib.util.spec_from_file_location("check_targets", SCRIPT)

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from bench import compare
+from bench.judge import compare
 
 CASES = ("yoco-gret-tiny-b1-s128", "yoco-swa-tiny-b1-s128", "transformer-tiny-b1-s128")
 TIMINGS = {"prefill_ms": 20.0, "decode_ms_per_step": 2.0}

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from bench import gate
+from bench.judge import gate
 
 FAKE_MAIN = textwrap.dedent('''
     import argparse, csv, json, os, random, sys

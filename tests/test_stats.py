@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.stats import (
+from bench.judge.stats import (
     EXACT_MAX_N,
     decide,
     mann_whitney_u,

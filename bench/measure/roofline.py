@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from bench.trackers import device_sync, time_ms
+from bench.measure.trackers import device_sync, time_ms
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -15,7 +15,7 @@ import multiprocessing.forkserver
 import os
 import signal
 
-PRELOAD = ["bench.preload", "bench.runner"]
+PRELOAD = ["bench.measure.preload", "bench.measure.runner"]
 _context = None
 
 

@@ -1,7 +1,7 @@
 """How a case runs: built, timed and measured in a process of its own.
 
 Each case is a fork of a server process that imported torch and the models but computed nothing
-(bench.isolation), so a case pays no import cost and one that runs out of memory, crashes or is
+(bench.measure.isolation), so a case pays no import cost and one that runs out of memory, crashes or is
 killed leaves the next one untouched. The parent only writes rows: a child that dies without
 answering gets a row saying how it died.
 
@@ -10,7 +10,7 @@ fit), warm-up prefills (compilation happens here, never timed), a memory pass (o
 gen_len decode steps, each phase with its own peak reset; it is the last warm-up of both), then
 the timed phase: `repeats` prefills, and from the sequence the last of them left in the cache,
 gen_len decode steps split into `repeats` consecutive blocks. Before every timed repeat the
-case's calibration workload (bench.roofline.Calibration) is timed and stored with the sample.
+case's calibration workload (bench.measure.roofline.Calibration) is timed and stored with the sample.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import traceback
 import numpy as np
 import torch
 
-from bench import roofline
-from bench.isolation import one_line, run_isolated
-from bench.roofline import DTYPES
+from bench.measure import roofline
+from bench.measure.isolation import one_line, run_isolated
+from bench.measure.roofline import DTYPES
+from bench.measure.trackers import PeakMemory, current_memory_bytes, device_memory_bytes, quantiles, time_ms
 from bench.suite import Case
-from bench.trackers import PeakMemory, current_memory_bytes, device_memory_bytes, quantiles, time_ms
 from yoco.config import PRESETS
 
 OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)

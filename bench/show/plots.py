@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.report import main_slice  # noqa: E402
+from bench.show.report import main_slice  # noqa: E402
 from yoco.config import BITNET_MODES  # noqa: E402
 
 MB = 2**20

@@ -1,4 +1,4 @@
-"""Imported once by the forkserver that every case process is forked from (bench.runner).
+"""Imported once by the forkserver that every case process is forked from (bench.measure.runner).
 
 Besides torch and the models, it builds the tiny twins on the meta device: the first meta
 build loads torch's Python decompositions (seconds), which every case would otherwise pay

@@ -3,8 +3,8 @@
 1. REV is checked out into a temporary git worktree (removed afterwards, also on failure).
 2. The suite runs as 2N processes (N = 7 by default), REV and the working tree alternating (A B A B ...), each
    process `python -m bench run` with this interpreter and its cwd in the tree under test, so
-   each side imports its own code. One process run gives one median per timing (bench.stats).
-3. bench.compare judges the two sides. Exact and memory figures fail at once (no retry).
+   each side imports its own code. One process run gives one median per timing (bench.judge.stats).
+3. bench.judge.compare judges the two sides. Exact and memory figures fail at once (no retry).
 4. Timings flagged as regressed are re-run, those cases only, N more processes a side, in the
    opposite order (B A B A ..., so a drift along the job cannot favour the same side twice).
    A flag that does not repeat is reported as unconfirmed and does not fail the gate.
@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import compare
+from bench.judge import compare
 
 PLANT_VARIABLE = "BENCH_GATE_PLANT"
 # 7 runs a side: Mann-Whitney still reaches p < 0.01 with up to 4 of the 49 pairs out of order

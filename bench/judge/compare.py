@@ -3,9 +3,9 @@
 BASE and NEW are run directories written by `python -m bench run` (results.csv, samples.csv,
 env.json), or directories holding several of them (one per process run, as `gate` writes):
 timing metrics need several runs a side, since the unit of comparison is one median per run
-(see bench.stats). Per metric kind:
+(see bench.judge.stats). Per metric kind:
 - timing: the per-run medians of samples.csv's `normalized` column (the sample over a
-  calibration timed beside it in the same process), judged by bench.stats.decide;
+  calibration timed beside it in the same process), judged by bench.judge.stats.decide;
 - exact (kv_cache_bytes, weight_bytes, params): must match exactly;
 - memory (peak bytes): must stay within 2% + 1 MiB.
 A case in BASE but missing (or failed) in NEW is a regression; one only in NEW is reported new.
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import stats
+from bench.judge import stats
 
 
 @dataclass(frozen=True)

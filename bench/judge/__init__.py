@@ -1,0 +1,1 @@
+"""Did it get worse: the decision rule, comparing two runs, and the same-job gate."""

@@ -1,0 +1,179 @@
+"""A run of a suite: the environment record, the cases one by one (each in its own process,
+its row flushed as it ends), then summary and plots. `bench.cli` parses; this module runs."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.show.progress import Progress
+
+REPO = Path(__file__).resolve().parent.parent
+# Testing hook, a comma list of KIND:TEXT: every case whose id contains TEXT, inside its own
+# process, raises an out-of-memory error (oom), dies by SIGKILL (crash) or sleeps 600 s (hang).
+INJECT_ENV = "YOCO_BENCH_INJECT"
+
+
+@dataclass
+class RunSettings:
+    device: str
+    repeats: int
+    threads: int | None
+    shard: str | None
+    only: str | None
+
+
+def dry_run(suite, cases, device: str) -> int:
+    from bench.measure.runner import estimate
+
+    print(f"suite {suite.name} ({suite.path}): {len(cases)} cases for {device}, {suite.repeats} repeats")
+    print(f"{'case_id':<72} {'params':>14} {'weights':>11} {'kv cache':>11}")
+    for case in cases:
+        try:
+            e = estimate(case)
+            print(f"{case.case_id:<72} {e['params']:>14,} {_size(e['weight_bytes']):>11} "
+                  f"{_size(e['kv_cache_bytes_formula']):>11}")
+        except Exception as err:  # an invalid combination: show it, list the rest
+            print(f"{case.case_id:<72} cannot build: {err}")
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: bool) -> int:
+    from bench.measure import runner
+    from bench.show import report
+
+    device = run.device
+    out.mkdir(parents=True, exist_ok=True)
+    done = report.repair(out) if resumed else set()
+    if resumed:
+        env = json.loads((out / "env.json").read_text())
+    else:
+        (out / "suite.toml").write_text(suite.text)
+        dtypes = sorted({c.dtype for c in cases})
+        answer = runner.run_isolated(runner.machine_info, device, dtypes, threads=run.threads)
+        if answer[0] != "ok":
+            print(f"warning: measuring this machine failed ({answer[1]}); ceilings left empty", file=sys.stderr)
+        machine = answer[1] if answer[0] == "ok" else {}
+        env = environment(suite, run, machine, present, cases)
+        report.write_env(out / "env.json", env)
+
+    todo = [c for c in cases if c.case_id not in done]
+    injections = [item.partition(":")[::2] for item in os.environ.get(INJECT_ENV, "").split(",") if item]
+    print(f"{suite.name}: {len(todo)} of {len(cases)} cases to run on {device} -> {out}", file=sys.stderr)
+    bar = Progress(len(todo))
+    backends_present = ";".join(f"{k}={v}" for k, v in sorted(present.items()) if v)
+    try:
+        for case in todo:
+            run_one(case, suite, run, env, out, injections, backends_present, bar)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finish with `python -m bench run --resume {out}`", file=sys.stderr)
+        return 130
+    finish(out, env)
+    return 0
+
+
+def run_one(case, suite, run: RunSettings, env: dict, out: Path, injections, backends_present: str, bar):
+    """One case in its own process; its samples and its row appended and flushed."""
+    from bench.measure import runner
+    from bench.show import report
+
+    device = run.device
+    bar.show(case.case_id)
+    t0 = time.perf_counter()
+    inject = next((kind for kind, match in injections if match and match in case.case_id), None)
+    row, samples = runner.run_case(case, device, run.repeats, suite.warmup, env, inject, run.threads,
+                                   suite.time_budget_s)
+    row = {**case.axes(), **row, "case_id": case.case_id,
+           "self_decoder": case.self_decoder, "device": device, "device_name": env.get("device_name"),
+           "backends_present": backends_present, "elapsed_s": round(time.perf_counter() - t0, 3)}
+    # samples first: a kill between the two writes leaves samples that repair() drops
+    report.append_rows(out / "samples.csv", report.SAMPLE_COLUMNS, samples)
+    report.append_rows(out / "results.csv", report.COLUMNS, [row])
+    bar.done(case.case_id, row["status"], row["elapsed_s"])
+
+
+def finish(out: Path, env: dict, quiet: bool = False):
+    """Plots, summary.md and the console table from what results.csv holds now."""
+    from bench.show import plots, report
+
+    df = report.read_results(out / "results.csv")
+    paths = plots.plot_all(df, env, out / "plots")
+    (out / "summary.md").write_text(report.summary_markdown(df, env))
+    if quiet:
+        return
+    print(report.console_table(df))
+    ratios = report.ratio_table(df)
+    if len(ratios):
+        print("\nYOCO against the baseline (> 1 favours YOCO):")
+        print(ratios.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"\nwrote {out / 'results.csv'}, {out / 'samples.csv'}, {out / 'env.json'}, {out / 'summary.md'}")
+    for p in paths:
+        print(f"wrote {p}")
+
+
+def environment(suite, run: RunSettings, machine: dict, present: dict, cases) -> dict:
+    import torch
+
+    device = run.device
+    rates = machine.get("matmul_flops_s_by_dtype", {})
+    main_dtype = max({c.dtype for c in cases}, key=lambda d: sum(c.dtype == d for c in cases))
+    return dict(
+        suite=suite.name, suite_path=str(suite.path), description=suite.description,
+        device=device, device_name=machine.get("device_name"), driver=machine.get("driver"),
+        cuda_version=machine.get("cuda_version"), device_memory_bytes=machine.get("device_memory_bytes"),
+        git_commit=_git_commit(), timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        host=platform.node(), platform=platform.platform(), command=" ".join(sys.argv),
+        versions=_versions(torch), threads=machine.get("threads"), cpu_count=machine.get("cpu_count"),
+        backends=present, backends_used=sorted({c.backend for c in cases}),
+        copy_bandwidth_bytes_s=machine.get("copy_bandwidth_bytes_s", math.nan),
+        matmul_flops_s=rates.get(main_dtype, math.nan), matmul_flops_s_dtype=main_dtype,
+        matmul_flops_s_by_dtype=rates, repeats=run.repeats, warmup=suite.warmup,
+        time_budget_s=suite.time_budget_s, shard=run.shard, only=run.only,
+        threads_requested=run.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        cases=len(cases), isolation="one forked process per case (multiprocessing forkserver)",
+        memory_measurement=("CUDA: torch.cuda.max_memory_allocated / max_memory_reserved after a reset per "
+                            "phase, NVML device-wide used memory at the end of the phase" if device == "cuda" else
+                            "CPU: peak resident set size (VmHWM) of the case's own process, reset per phase by "
+                            "writing 5 to /proc/self/clear_refs after glibc malloc_trim; includes Python and torch "
+                            "themselves (mem_before_model_bytes is the RSS before the model was built)"),
+    )
+
+
+def _git_commit() -> str | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        # results/ holds outputs, not code: regenerating a committed reference run must not mark it dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results"], cwd=REPO, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("-dirty" if dirty else "")) or None
+
+
+def _versions(torch) -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for dist in ("numpy", "pandas", "matplotlib", "triton", "fla-core", "flash-attn", "nvidia-ml-py", "yoco-bench"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out

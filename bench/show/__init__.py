@@ -1,0 +1,1 @@
+"""How results are shown: the files a run writes, summary.md and the plots."""
