@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv or ["run"])
+        if getattr(args, "arch_module", None):  # .py paths absolute: a resumed run may start elsewhere
+            args.arch_module = [str(Path(m).resolve()) if m.endswith(".py") else m for m in args.arch_module]
         # From the command line, start the case server at once (it loads torch meanwhile).
         args.early_start = from_command_line
         return args.func(args)
@@ -60,6 +62,9 @@ def build_parser() -> Parser:
     run.add_argument("--threads", type=int, default=None,
                      help="CPU threads per case (default: the suite's, else torch's: all cores)")
     run.add_argument("--dry-run", action="store_true", help="list cases with estimated weight and cache bytes")
+    run.add_argument("--arch-module", action="append", default=[], metavar="MODULE",
+                     help="a module (dotted name or .py path) that registers archs of your own (see "
+                          "bench/archs.py); repeatable")
     run.set_defaults(func=cmd_run)
 
     merge = sub.add_parser("merge", help="join shard run directories into one run")
@@ -101,14 +106,15 @@ def cmd_run(args) -> int:
         if args.out is not None:
             raise UsageError("give either --out or --resume, not both")
         saved_env = _load_resume(args.resume)
-        suite = suites.parse_suite((args.resume / "suite.toml").read_text(), args.resume / "suite.toml")
+        modules = args.arch_module or saved_env.get("arch_modules_cli") or []
+        suite = suites.parse_suite((args.resume / "suite.toml").read_text(), args.resume / "suite.toml", modules)
         suite.name = saved_env.get("suite", suite.name)
         device = args.device or saved_env["device"]
         if device != saved_env["device"]:
             raise UsageError(f"--resume {args.resume} was a {saved_env['device']} run, not {device}")
     else:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        suite = suites.load_suite(args.suite or default_suite(device))
+        suite = suites.load_suite(args.suite or default_suite(device), args.arch_module)
     if device == "cuda" and not torch.cuda.is_available() and not args.dry_run:
         raise UsageError("--device cuda, but no CUDA GPU is present on this machine (use --device cpu)")
     if device not in suite.devices and not args.dry_run:
@@ -144,7 +150,8 @@ def cmd_run(args) -> int:
     else:
         out = args.out or _default_out(suite.name, device)
         _check_writable(out)
-    run = run_suite.RunSettings(device, repeats, threads, shard_text, only_text)
+    run = run_suite.RunSettings(device, repeats, threads, shard_text, only_text,
+                                tuple(args.arch_module or saved_env.get("arch_modules_cli") or ()))
     return run_suite.execute(suite, cases, run, out, present, resumed=args.resume is not None)
 
 
@@ -310,10 +317,11 @@ def cmd_list(args) -> int:
     for name, p in PRESETS.items():
         print(f"  {name:<6} {p['d_model']:>5} / {p['n_layers']:>2} / {p['n_heads']:>2} / {p['n_kv_heads']:>2}, "
               f"vocab {p['vocab_size']}")
-    from baselines import hf_llama
 
-    print("archs: yoco-gret, yoco-swa, transformer, hf-llama"
-          f"{'' if hf_llama.available() else ' (hf-llama needs HF transformers: not installed)'}")
+    from bench import archs
+
+    print("archs: " + ", ".join(name + (" (unusable here)" if arch.unusable() else "")
+                                for name, arch in archs.ARCHS.items()))
     print(f"bitnet modes: {', '.join(BITNET_MODES)}")
     found = backends.detect()
     cuda = torch.cuda.is_available()

@@ -30,6 +30,7 @@ class RunSettings:
     threads: int | None
     shard: str | None
     only: str | None
+    arch_modules_cli: tuple[str, ...] = ()
 
 
 def dry_run(suite, cases, device: str) -> int:
@@ -99,7 +100,7 @@ def run_one(case, suite, run: RunSettings, env: dict, out: Path, injections, bac
     t0 = time.perf_counter()
     inject = next((kind for kind, match in injections if match and match in case.case_id), None)
     row, samples = runner.run_case(case, device, run.repeats, suite.warmup, env, inject, run.threads,
-                                   suite.time_budget_s)
+                                   suite.time_budget_s, suite.arch_modules)
     row = {**case.axes(), **row, "case_id": case.case_id,
            "self_decoder": case.self_decoder, "device": device, "device_name": env.get("device_name"),
            "backends_present": backends_present, "elapsed_s": round(time.perf_counter() - t0, 3)}
@@ -147,6 +148,7 @@ def environment(suite, run: RunSettings, machine: dict, present: dict, cases) ->
         matmul_flops_s_by_dtype=rates, repeats=run.repeats, warmup=suite.warmup,
         time_budget_s=suite.time_budget_s, shard=run.shard, only=run.only,
         threads_requested=run.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        arch_modules=list(suite.arch_modules), arch_modules_cli=list(run.arch_modules_cli),
         cases=len(cases), isolation="one forked process per case (multiprocessing forkserver)",
         memory_measurement=("CUDA: torch.cuda.max_memory_allocated / max_memory_reserved after a reset per "
                             "phase, NVML device-wide used memory at the end of the phase" if device == "cuda" else

@@ -9,6 +9,7 @@ Grammar (the built-in suites in bench/suites/ use the same one as a user's own f
     warmup = 1
     threads = 1                      # optional: CPU threads per case (default: torch's, all cores)
     time_budget_s = 120              # optional: per phase; very long prompts get fewer repeats (>= 1)
+    arch_modules = ["my_archs"]      # optional: modules (or .py paths) that register archs (bench.archs)
 
     [axes]                           # defaults shared by every sweep
     arch = ["yoco-gret", "yoco-swa", "transformer"]
@@ -19,10 +20,10 @@ Grammar (the built-in suites in bench/suites/ use the same one as a user's own f
     seq_len = [512]
     exclude = [{arch = "transformer"}]   # drop cases matching every key of one entry
 
-Without [[sweep]], [axes] is the one sweep. Axes not given take AXIS_DEFAULTS. The window only
-applies to yoco-swa and the self-decoder only to YOCO, so other archs get window = None and the
-duplicates that leaves are merged. hf-llama (HF transformers' Llama, the outside peer of our
-transformer) has no BitNet layers: its combinations with bitnet other than "none" are dropped.
+Without [[sweep]], [axes] is the one sweep. Axes not given take AXIS_DEFAULTS. Archs come from
+bench.archs. The window only applies to windowed archs (yoco-swa) and the self-decoder only to
+YOCO, so other archs get window = None and the duplicates that leaves are merged. Archs without
+BitNet layers (hf-llama, HF transformers' Llama) keep only their bitnet = "none" combinations.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import itertools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench import archs
 from yoco.config import BACKEND_PARTS, BITNET_MODES, PRESETS
 
 try:
@@ -39,14 +41,13 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 SUITES_DIR = Path(__file__).parent / "suites"
-ARCHS = ("yoco-gret", "yoco-swa", "transformer", "hf-llama")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
 
 AXIS_DEFAULTS = dict(arch="yoco-gret", preset="tiny", batch=1, seq_len=128, gen_len=16, window=64,
                      bitnet="none", dtype="float32", backend="torch", compile=False)
 AXES = tuple(AXIS_DEFAULTS)
-SUITE_KEYS = ("description", "devices", "repeats", "warmup", "threads", "time_budget_s")
+SUITE_KEYS = ("description", "devices", "repeats", "warmup", "threads", "time_budget_s", "arch_modules")
 
 
 class UsageError(Exception):
@@ -93,6 +94,7 @@ class Suite:
     warmup: int = 1
     threads: int | None = None
     time_budget_s: float | None = None
+    arch_modules: tuple[str, ...] = ()
     text: str = field(default="", repr=False)
 
 
@@ -114,13 +116,25 @@ def resolve_suite_path(name_or_path: str) -> Path:
     return path
 
 
-def load_suite(name_or_path: str) -> Suite:
+def load_suite(name_or_path: str, arch_modules=()) -> Suite:
     path = resolve_suite_path(name_or_path)
     text = path.read_text()
-    return parse_suite(text, path)
+    return parse_suite(text, path, arch_modules)
 
 
-def parse_suite(text: str, path: Path) -> Suite:
+def load_arch_modules(modules, where: str) -> tuple[str, ...]:
+    """Import users' arch modules (bench.archs.load_modules); a failure is a usage error."""
+    if not isinstance(modules, list | tuple) or not all(isinstance(m, str) and m for m in modules):
+        raise UsageError(f"{where}: arch_modules must be a list of module names or .py paths, got {modules!r}")
+    try:
+        archs.load_modules(modules)
+    except ValueError as e:
+        raise UsageError(f"{where}: {e}") from None
+    return tuple(modules)
+
+
+def parse_suite(text: str, path: Path, arch_modules=()) -> Suite:
+    """Parse a suite; `arch_modules` (from the command line) are imported before the suite's own."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:  # its message carries "(at line L, column C)"
@@ -146,6 +160,8 @@ def parse_suite(text: str, path: Path) -> Suite:
     threads = meta.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise UsageError(f"{path}: [suite] threads must be an integer >= 1, got {threads!r}")
+    modules = load_arch_modules(list(arch_modules), "--arch-module")
+    modules += load_arch_modules(meta.get("arch_modules", []), f"{path}: [suite] arch_modules")
 
     base = data.get("axes", {})
     sweeps = data.get("sweep", [{}])
@@ -159,7 +175,7 @@ def parse_suite(text: str, path: Path) -> Suite:
         raise UsageError(f"{path}: the suite expands to no cases")
     return Suite(name=path.stem, path=path, cases=list(cases.values()), description=meta.get("description", ""),
                  devices=devices, repeats=repeats, warmup=warmup, threads=threads, time_budget_s=budget,
-                 text=text)
+                 arch_modules=modules, text=text)
 
 
 def _expand(path: Path, axes: dict, excludes: list) -> list[Case]:
@@ -186,9 +202,10 @@ def _expand(path: Path, axes: dict, excludes: list) -> list[Case]:
         point = dict(zip(order, combo, strict=True))
         if any(_matches(point, e) for e in excludes):
             continue
-        if point["arch"] != "yoco-swa":
-            point["window"] = None  # only the SWA self-decoder has a window
-        if point["arch"] == "hf-llama" and point["bitnet"] != "none":
+        arch = archs.get(point["arch"])
+        if not arch.windowed:
+            point["window"] = None
+        if not arch.bitnet and point["bitnet"] != "none":
             continue
         cases.append(Case(**point))
     return cases
@@ -209,7 +226,7 @@ def _check(path, name, value, allowed):
 
 def _validate(path: Path, name: str, value):
     if name == "arch":
-        _check(path, name, value, ARCHS)
+        _check(path, name, value, tuple(archs.ARCHS))
     elif name == "preset":
         _check(path, name, value, tuple(PRESETS))
     elif name == "bitnet":
@@ -233,13 +250,11 @@ def _validate(path: Path, name: str, value):
 
 
 def check_archs_usable(cases: list[Case]):
-    """hf-llama needs HF transformers: a usage error for a real run where it is missing."""
-    if any(c.arch == "hf-llama" for c in cases):
-        from baselines import hf_llama
-
-        if not hf_llama.available():
-            raise UsageError("arch 'hf-llama' needs HF transformers, which does not import here "
-                             "(pip install transformers), or drop it from the suite")
+    """An arch whose package is missing (hf-llama without transformers): a usage error for a real run."""
+    for name in dict.fromkeys(c.arch for c in cases):
+        reason = archs.get(name).unusable()
+        if reason:
+            raise UsageError(f"{reason}, or drop it from the suite")
 
 
 def optional_parts(cases: list[Case]) -> set[str]:

@@ -85,9 +85,8 @@ def prefill_flops_parts(config, arch: str, batch: int, seq_len: int) -> dict[str
         W = c.window
         keys_seen = N * (N + 1) // 2 if N <= W else W * (W + 1) // 2 + (N - W) * W
         mixer_dense, mixer_attention = N * 2 * 4 * d * d, 4 * d * keys_seen
-    else:
-        raise ValueError(f"unknown arch {arch!r}: valid archs are 'yoco-gret', 'yoco-swa', 'transformer', "
-                         f"'hf-llama'")
+    else:  # an arch with no formula here (a user's own): no FLOP count, so no MFU
+        return dict(dense=math.nan, attention=math.nan)
     global_kv = N * 2 * d * 2 * kv_width
     cross_dense = 2 * d * 2 * attn_width + ffn_flops  # early exit: the last position only
     dense = n_self * (mixer_dense + N * ffn_flops) + global_kv + n_cross * cross_dense + lm_head
@@ -118,6 +117,8 @@ def efficiency(work: float, ms: float, ceiling: float) -> float:
 # ---- calibration ----
 
 def _pow2_clamp(x: float, lo: int, hi: int) -> int:
+    if not math.isfinite(x):  # work unknown (an arch with no FLOP formula): the smallest size
+        return lo
     return int(min(hi, max(lo, 2 ** round(math.log2(max(x, 1))))))
 
 

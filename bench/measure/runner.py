@@ -26,6 +26,7 @@ import traceback
 import numpy as np
 import torch
 
+from bench import archs
 from bench.measure import roofline
 from bench.measure.isolation import one_line, run_isolated
 from bench.measure.roofline import DTYPES
@@ -40,24 +41,12 @@ OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
 
 def build_model(case: Case, device: str):
     """The case's model (BitNet weights packed for inference), or raises ValueError."""
-    import baselines
-    import yoco
-
     overrides = dict(bitnet=case.bitnet, backend=case.backend)
     need = case.seq_len + case.gen_len
     if need > PRESETS[case.preset]["max_seq_len"]:
         overrides["max_seq_len"] = need
-    if case.arch == "transformer":
-        model = baselines.from_preset(case.preset, device=device, dtype=DTYPES[case.dtype], **overrides)
-    elif case.arch == "hf-llama":
-        from baselines import hf_llama
-
-        model = hf_llama.from_preset(case.preset, device=device, dtype=DTYPES[case.dtype], **overrides)
-    else:
-        if case.window is not None:
-            overrides["window"] = case.window
-        model = yoco.from_preset(case.preset, self_decoder=case.self_decoder, device=device,
-                                 dtype=DTYPES[case.dtype], **overrides)
+    model = archs.get(case.arch).build(case.preset, device=device, dtype=DTYPES[case.dtype], window=case.window,
+                                       **overrides)
     if case.bitnet != "none" and device != "meta":
         model.pack_bitnet()
     return model.eval()
@@ -67,9 +56,10 @@ def estimate(case: Case) -> dict:
     """Sizes from a model built on the meta device: no memory, no time. Built with the torch
     backend (sizes do not depend on it), so a dry run lists cases whose backend is absent here."""
     # The cache key keeps only what the model depends on (max_seq_len grows past the preset's).
-    # hf-llama is sized as its twin, our transformer: the same shapes, and no transformers needed.
+    # An optional peer is sized as its twin (hf-llama as our transformer): the same shapes, and
+    # no transformers needed.
     length = max(case.seq_len + case.gen_len, PRESETS[case.preset]["max_seq_len"])
-    arch = "transformer" if case.arch == "hf-llama" else case.arch
+    arch = archs.get(case.arch).sized_as or case.arch
     key = dataclasses.replace(case, arch=arch, backend="torch", batch=1, seq_len=1, gen_len=length - 1)
     model, params, weight_bytes = _meta_model(key)
     cache = model.kv_cache_bytes(case.batch, case.seq_len + case.gen_len)
@@ -108,11 +98,14 @@ def _packed_weight_bytes(model, bitnet: str) -> int:
 # ---- one case, inside its own process ----
 
 def measure_case(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
-                 inject: str | None = None, budget_s: float | None = None) -> tuple[dict, list[dict]]:
-    """One results row (whatever happens) and its raw samples."""
+                 inject: str | None = None, budget_s: float | None = None,
+                 arch_modules: tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
+    """One results row (whatever happens) and its raw samples. `arch_modules`: users' modules
+    that register archs (bench.archs), imported here since the case runs in a fresh fork."""
     row: dict = dict(status="error", error="")
     samples: list[dict] = []
     try:
+        archs.load_modules(arch_modules)
         row.update(estimate(case))
         available = device_memory_bytes(device)
         if row["estimated_bytes"] > available:
@@ -233,9 +226,11 @@ def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
 
 
 def run_case(case: Case, device: str, repeats: int, warmup: int, ceilings: dict, inject: str | None = None,
-             threads: int | None = None, budget_s: float | None = None) -> tuple[dict, list[dict]]:
+             threads: int | None = None, budget_s: float | None = None,
+             arch_modules: tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
     """measure_case in its own process; a process that dies gets a row saying how."""
-    answer = run_isolated(measure_case, case, device, repeats, warmup, ceilings, inject, budget_s, threads=threads)
+    answer = run_isolated(measure_case, case, device, repeats, warmup, ceilings, inject, budget_s, arch_modules,
+                          threads=threads)
     if answer[0] == "ok":
         return answer[1]
     if answer[0] == "raised":
