@@ -80,6 +80,11 @@ def build_parser() -> Parser:
     lst = sub.add_parser("list", help="suites, presets, BitNet modes and the backends usable here")
     lst.set_defaults(func=cmd_list)
 
+    cols = sub.add_parser("columns", help="what every column of results.csv (or samples.csv) means: a "
+                          "markdown table (README's is this one)")
+    cols.add_argument("--samples", action="store_true", help="samples.csv's columns instead of results.csv's")
+    cols.set_defaults(func=cmd_columns)
+
     from bench.judge import compare, gate
 
     for name, module in (("compare", compare), ("gate", gate)):
@@ -300,6 +305,13 @@ def _check_writable_dir(out: Path):
                 d.rmdir()
             except OSError:
                 pass
+
+
+def cmd_columns(args) -> int:
+    from bench.show import columns
+
+    print(columns.markdown(columns.SAMPLES if args.samples else columns.RESULTS))
+    return 0
 
 
 def cmd_list(args) -> int:

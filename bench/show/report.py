@@ -12,17 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-IDENTITY = ["case_id", "arch", "preset", "self_decoder", "batch", "seq_len", "gen_len", "window", "bitnet",
-            "dtype", "device", "device_name", "backend", "backends_present", "compile", "params", "weight_bytes"]
-PREFILL = ["prefill_ms", "prefill_ms_p25", "prefill_ms_p75", "prefill_tok_s"]
-DECODE = ["decode_tok_s", "decode_ms_per_step", "decode_ms_per_step_p25", "decode_ms_per_step_p75"]
-MEMORY = [f"peak_mem_{phase}_{kind}bytes" for phase in ("prefill", "decode") for kind in ("", "reserved_", "nvml_")]
-MEMORY += ["mem_before_model_bytes", "memory_source"]
-CACHE = ["kv_cache_bytes", "kv_cache_bytes_formula", "kv_cache_bytes_per_token", "kv_cache_fixed_bytes"]
-EFFICIENCY = ["prefill_flops", "prefill_mfu", "decode_bytes_per_step", "decode_mbu"]
-RUN = ["repeats", "estimated_bytes", "elapsed_s", "status", "error"]
-COLUMNS = IDENTITY + PREFILL + DECODE + MEMORY + CACHE + EFFICIENCY + RUN
-SAMPLE_COLUMNS = ["case_id", "metric", "repeat", "value", "calibration_ms", "normalized"]
+from bench.show import columns
+
+# The header of results.csv and samples.csv: bench.show.columns documents every column.
+COLUMNS = columns.RESULT_NAMES
+SAMPLE_COLUMNS = columns.SAMPLE_NAMES
 TIMING_METRICS = ["prefill_ms", "decode_ms_per_step"]
 STATUSES = ("ok", "oom", "skipped", "error")
 
