@@ -77,8 +77,8 @@ def test_a_users_arch_runs_through_a_suite(tmp_path):
     '''))
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    done = subprocess.run([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--device", "cpu",
+                           "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     with open(out / "results.csv", newline="") as f:
         rows = {r["case_id"]: r for r in csv.DictReader(f)}

@@ -65,7 +65,7 @@ def mini_suite(tmp_path_factory) -> Path:
 def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The CI suite, once, exactly as a user runs it."""
     out = tmp_path_factory.mktemp("smoke") / "run"
-    done = bench("run", "--suite", "smoke", "--out", str(out))
+    done = bench("run", "--suite", "smoke", "--device", "cpu", "--out", str(out))
     assert done.returncode == 0, done.stderr
     return out, done
 
@@ -73,7 +73,7 @@ def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 @pytest.fixture(scope="module")
 def mini_run(tmp_path_factory, mini_suite) -> Path:
     out = tmp_path_factory.mktemp("mini") / "run"
-    assert cli.main(["run", "--suite", str(mini_suite), "--out", str(out)]) == 0
+    assert cli.main(["run", "--suite", str(mini_suite), "--device", "cpu", "--out", str(out)]) == 0
     return out
 
 
@@ -125,7 +125,8 @@ def test_kill_then_resume_loses_nothing_and_doubles_nothing(tmp_path, mini_suite
     out = tmp_path / "run"
     cases = load_suite(str(mini_suite)).cases
     # The second case hangs, so the kill lands while it is in flight, after the first was written.
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(mini_suite), "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(mini_suite), "--device", "cpu",
+                             "--out", str(out)],
                             cwd=REPO, env={**os.environ, bench_run.INJECT_ENV: f"hang:{cases[1].case_id}"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -181,7 +182,7 @@ def processes_in_group(pgid: int) -> set[int]:
 def test_injected_oom_and_crash_record_rows_and_the_sweep_goes_on(tmp_path, mini_suite, monkeypatch):
     out = tmp_path / "run"
     monkeypatch.setenv(bench_run.INJECT_ENV, "oom:transformer-tiny-b1-s32,crash:yoco-swa")
-    assert cli.main(["run", "--suite", str(mini_suite), "--out", str(out)]) == 0
+    assert cli.main(["run", "--suite", str(mini_suite), "--device", "cpu", "--out", str(out)]) == 0
     status = {r["case_id"].split("-tiny")[0] + "-" + r["seq_len"]: r for r in rows(out / "results.csv")}
     assert status["transformer-32"]["status"] == "oom" and "OutOfMemoryError" in status["transformer-32"]["error"]
     assert status["yoco-swa-32"]["status"] == "oom" and "SIGKILL" in status["yoco-swa-32"]["error"]
@@ -194,7 +195,8 @@ def test_injected_oom_and_crash_record_rows_and_the_sweep_goes_on(tmp_path, mini
 def test_shards_merged_equal_the_unsharded_run(tmp_path, mini_suite, mini_run):
     shards = [tmp_path / "s1", tmp_path / "s2"]
     for i, d in enumerate(shards, start=1):
-        assert cli.main(["run", "--suite", str(mini_suite), "--shard", f"{i}/2", "--out", str(d)]) == 0
+        assert cli.main(["run", "--suite", str(mini_suite), "--shard", f"{i}/2", "--device", "cpu",
+                         "--out", str(d)]) == 0
     sizes = [len(rows(d / "results.csv")) for d in shards]
     assert sizes == [2, 2]
     merged = tmp_path / "merged"
@@ -211,8 +213,8 @@ def test_shards_merged_equal_the_unsharded_run(tmp_path, mini_suite, mini_run):
 def test_only_runs_just_the_named_cases(tmp_path, mini_suite):
     wanted = [c.case_id for c in load_suite(str(mini_suite)).cases][::3]
     out = tmp_path / "only"
-    assert cli.main(["run", "--suite", str(mini_suite), "--only", ",".join(wanted), "--out", str(out),
-                     "--repeats", "1"]) == 0
+    assert cli.main(["run", "--suite", str(mini_suite), "--only", ",".join(wanted), "--device", "cpu",
+                     "--out", str(out), "--repeats", "1"]) == 0
     assert [r["case_id"] for r in rows(out / "results.csv")] == wanted
     assert {r["repeats"] for r in rows(out / "results.csv")} == {"1"}
 
@@ -285,7 +287,7 @@ def test_usage_errors_write_nothing(tmp_path, capsys):
         assert message in capsys.readouterr().err and not out.exists()
     value = tmp_path / "value.toml"
     value.write_text('[axes]\nbackend = ["fla"]\n')
-    assert cli.main(["run", "--suite", str(value), "--out", str(out)]) == 2
+    assert cli.main(["run", "--suite", str(value), "--device", "cpu", "--out", str(out)]) == 2
     assert "needs --device cuda" in capsys.readouterr().err and not out.exists()
 
 

@@ -12,10 +12,10 @@ import sys
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import CUDA, INTERPRETED, KERNEL_DEVICES
 
 pytest.importorskip("triton")
-if "cuda" not in DEVICES and os.environ.get("TRITON_INTERPRET") != "1":
+if not CUDA and not INTERPRETED:
     pytest.skip("no CUDA and no Triton interpreter", allow_module_level=True)
 
 from yoco import bitnet  # noqa: E402
@@ -37,7 +37,7 @@ def random_weight(n, k, mode, device, seed):
     return w, q, s, bitnet.pack(q, mode)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_activation_quantization_kernel_is_exact(device, dtype):
     torch.manual_seed(0)
@@ -51,7 +51,7 @@ def test_activation_quantization_kernel_is_exact(device, dtype):
     assert codes[2, :8].tolist() == [127, 0, 2, 2, 0, -2, -2, 126]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("m,k,n", [(1, 37, 5), (3, 300, 40), (17, 64, 33)])  # K: ragged, several tiles
 def test_integer_matmul_kernel_is_exact(device, mode, m, k, n):
@@ -62,7 +62,7 @@ def test_integer_matmul_kernel_is_exact(device, mode, m, k, n):
     assert torch.equal(acc, lowbit_matmul_reference(x_codes, packed, mode, k))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("mode", MODES)
 def test_integer_matmul_kernel_at_extreme_values(device, mode):
     k = 260
@@ -73,7 +73,7 @@ def test_integer_matmul_kernel_at_extreme_values(device, mode):
     assert acc[0].eq(128 * k).all() and acc[1].eq(-127 * k).all()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("fused", [True, False])  # quantize inside the matmul, or a launch before it
@@ -86,7 +86,7 @@ def test_bitlinear_kernel_equals_reference_bitwise(device, mode, dtype, fused):
     assert torch.equal(y, bitlinear_reference(x, packed, scale, mode, 70))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("rows", [1, 17])  # the fused scan over several chunks of K; rows past a tile
 def test_fused_kernel_over_long_rows_is_exact(device, rows):
     _, _, scale, packed = random_weight(20, 600, "1.58bit", device, seed=rows)
@@ -118,7 +118,8 @@ def test_kernel_rejects_a_packed_weight_of_the_wrong_shape():
         bitlinear_triton(torch.zeros(1, 16), packed, torch.tensor(1.0), "1bit", 16)
 
 
-@pytest.mark.skipif("cuda" not in DEVICES, reason="no CUDA device")
+@pytest.mark.gpu_smoke
+@pytest.mark.skipif(not CUDA, reason="no CUDA device")
 @pytest.mark.parametrize("mode", MODES)
 def test_cuda_bitlinear_uses_kernel_and_matches_fake_quant(mode, monkeypatch):
     torch.manual_seed(8)

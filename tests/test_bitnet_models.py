@@ -98,7 +98,7 @@ def test_packed_model_equals_fake_quant(arch, mode):
 
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="no CUDA device")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.gpu_smoke)])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_cuda_packed_model_equals_fake_quant(arch, dtype):
     """On CUDA the packed model runs the Triton kernels (fused at decode, two launches in prefill)."""

@@ -103,7 +103,7 @@ def test_compiled_matches_reference_cpu():
 
 @pytest.mark.slow  # one Triton compile per length
 @pytest.mark.skipif("cuda" not in DEVICES, reason="needs CUDA")
-@pytest.mark.parametrize("T, W", [(4096, 1024), (3000, 256)])
+@pytest.mark.parametrize("T, W", [pytest.param(4096, 1024, marks=pytest.mark.gpu_smoke), (3000, 256)])
 def test_cuda_compiled_matches_reference_bf16(T, W):
     torch.manual_seed(2)
     q = torch.randn(1, 8, T, 128, device="cuda", dtype=torch.bfloat16)

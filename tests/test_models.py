@@ -104,6 +104,18 @@ def test_cuda_cached_inference(arch):
     check_incremental(build(arch, device="cuda"), prompt_len=37, new_tokens=8, tol=1e-3)
 
 
+@pytest.mark.gpu_smoke
+@pytest.mark.skipif("cuda" not in DEVICES, reason="no CUDA device")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cuda_bf16_decode_at_grouped_query_shapes(arch):
+    """bf16 on CUDA with 3 query heads per key/value head (3b's 24 / 8): prefill and every decode
+    step equal the full forward. The prompt stays within the window (SDPA, not FlexAttention,
+    which tests/test_flex_attention.py checks on CUDA)."""
+    model = build(arch, device="cuda", dtype=torch.bfloat16, n_heads=6, n_kv_heads=2, head_dim=16,
+                  **({} if arch == "transformer" else {"window": 64}))
+    check_incremental(model, prompt_len=40, new_tokens=6, tol=5e-2)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_decode_step_matches_decode(arch):
     model = build(arch)

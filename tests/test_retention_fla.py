@@ -8,7 +8,7 @@ import torch.nn.functional as F
 pytest.importorskip("triton", reason="triton is not installed")
 pytest.importorskip("fla.ops.simple_gla", reason="fla-core is not installed")
 
-from conftest import DEVICES  # noqa: E402
+from conftest import KERNEL_DEVICES, kernel_devices  # noqa: E402
 
 from yoco.ops.retention import gated_retention, gated_retention_step  # noqa: E402
 from yoco.ops.retention_fla import fla_available, gated_retention_fla, gated_retention_step_fla  # noqa: E402
@@ -42,7 +42,7 @@ def test_fla_available():
     assert fla_available()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("mode", ["recurrent", "parallel"])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_recurrent_and_parallel_wrappers_match_reference(mode, with_state, device):
@@ -55,7 +55,7 @@ def test_recurrent_and_parallel_wrappers_match_reference(mode, with_state, devic
     assert_close_on(device, s, s_ref)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_step_wrapper_matches_reference_step(device):
     (q, k, v, g), state0 = random_inputs(2, 3, 2, 16, 8, device)
     state_ref, state = state0.clone(), state0.clone()
@@ -68,7 +68,7 @@ def test_step_wrapper_matches_reference_step(device):
     assert_close_on(device, state, state_ref)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", kernel_devices(gpu_smoke=True))
 def test_prefill_state_hands_to_step(device):
     # Prefill with fla (chunk where it runs), decode with fla's step: equals one reference pass.
     T1, T2 = 11, 2
@@ -93,6 +93,7 @@ def test_chunk_wrapper_matches_reference_cuda(T, with_state):
     assert_close_on("cuda", s, s_ref)
 
 
+@pytest.mark.gpu_smoke
 @needs_cuda
 def test_chunk_wrapper_bf16_cuda():
     (q, k, v, g), state0 = random_inputs(2, 100, 4, 64, 64, "cuda", dtype=torch.bfloat16)
