@@ -78,6 +78,9 @@ def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: b
     todo = [c for c in cases if c.case_id not in done]
     injections = [item.partition(":")[::2] for item in os.environ.get(INJECT_ENV, "").split(",") if item]
     print(f"{suite.name}: {len(todo)} of {len(cases)} cases to run on {device} -> {out}", file=sys.stderr)
+    if suite.memory_cap_gb is not None and device != "cuda":
+        print(f"note: memory_cap_gb = {suite.memory_cap_gb:g} is enforced on CUDA only: not applied on {device}",
+              file=sys.stderr)
     bar = Progress(len(todo))
     backends_present = ";".join(f"{k}={v}" for k, v in sorted(present.items()) if v)
     try:
@@ -100,7 +103,7 @@ def run_one(case, suite, run: RunSettings, env: dict, out: Path, injections, bac
     t0 = time.perf_counter()
     inject = next((kind for kind, match in injections if match and match in case.case_id), None)
     row, samples = runner.run_case(case, device, run.repeats, suite.warmup, env, inject, run.threads,
-                                   suite.time_budget_s, suite.arch_modules)
+                                   suite.time_budget_s, suite.arch_modules, suite.memory_cap_bytes)
     row = {**case.axes(), **row, "case_id": case.case_id,
            "self_decoder": case.self_decoder, "device": device, "device_name": env.get("device_name"),
            "backends_present": backends_present, "elapsed_s": round(time.perf_counter() - t0, 3)}
@@ -146,7 +149,8 @@ def environment(suite, run: RunSettings, machine: dict, present: dict, cases) ->
         copy_bandwidth_bytes_s=machine.get("copy_bandwidth_bytes_s", math.nan),
         matmul_flops_s=rates.get(main_dtype, math.nan), matmul_flops_s_dtype=main_dtype,
         matmul_flops_s_by_dtype=rates, repeats=run.repeats, warmup=suite.warmup,
-        time_budget_s=suite.time_budget_s, shard=run.shard, only=run.only,
+        time_budget_s=suite.time_budget_s, memory_cap_gb=suite.memory_cap_gb if device == "cuda" else None,
+        shard=run.shard, only=run.only,
         threads_requested=run.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
         arch_modules=list(suite.arch_modules), arch_modules_cli=list(run.arch_modules_cli),
         cases=len(cases), isolation="one forked process per case (multiprocessing forkserver)",

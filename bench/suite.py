@@ -9,6 +9,7 @@ Grammar (the built-in suites in bench/suites/ use the same one as a user's own f
     warmup = 1
     threads = 1                      # optional: CPU threads per case (default: torch's, all cores)
     time_budget_s = 120              # optional: per phase; very long prompts get fewer repeats (>= 1)
+    memory_cap_gb = 80               # optional, CUDA: each case's allocator may hold at most 80e9 bytes
     arch_modules = ["my_archs"]      # optional: modules (or .py paths) that register archs (bench.archs)
 
     [axes]                           # defaults shared by every sweep
@@ -47,7 +48,8 @@ DEVICES = ("cpu", "cuda")
 AXIS_DEFAULTS = dict(arch="yoco-gret", preset="tiny", batch=1, seq_len=128, gen_len=16, window=64,
                      bitnet="none", dtype="float32", backend="torch", compile=False)
 AXES = tuple(AXIS_DEFAULTS)
-SUITE_KEYS = ("description", "devices", "repeats", "warmup", "threads", "time_budget_s", "arch_modules")
+SUITE_KEYS = ("description", "devices", "repeats", "warmup", "threads", "time_budget_s", "arch_modules",
+              "memory_cap_gb")
 
 
 class UsageError(Exception):
@@ -95,7 +97,12 @@ class Suite:
     threads: int | None = None
     time_budget_s: float | None = None
     arch_modules: tuple[str, ...] = ()
+    memory_cap_gb: float | None = None  # CUDA: a real per-process cap (bench.measure.trackers.cap_memory)
     text: str = field(default="", repr=False)
+
+    @property
+    def memory_cap_bytes(self) -> float | None:
+        return None if self.memory_cap_gb is None else self.memory_cap_gb * 1e9
 
 
 def suite_names() -> list[str]:
@@ -157,6 +164,9 @@ def parse_suite(text: str, path: Path, arch_modules=()) -> Suite:
     budget = meta.get("time_budget_s")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0):
         raise UsageError(f"{path}: [suite] time_budget_s must be a number > 0, got {budget!r}")
+    cap = meta.get("memory_cap_gb")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0):
+        raise UsageError(f"{path}: [suite] memory_cap_gb must be a number of GB (1e9 bytes) > 0, got {cap!r}")
     threads = meta.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise UsageError(f"{path}: [suite] threads must be an integer >= 1, got {threads!r}")
@@ -175,7 +185,7 @@ def parse_suite(text: str, path: Path, arch_modules=()) -> Suite:
         raise UsageError(f"{path}: the suite expands to no cases")
     return Suite(name=path.stem, path=path, cases=list(cases.values()), description=meta.get("description", ""),
                  devices=devices, repeats=repeats, warmup=warmup, threads=threads, time_budget_s=budget,
-                 arch_modules=modules, text=text)
+                 arch_modules=modules, memory_cap_gb=cap, text=text)
 
 
 def _expand(path: Path, axes: dict, excludes: list) -> list[Case]:

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import baselines
 import yoco
-from bench.measure import isolation, roofline, runner
+from bench.measure import isolation, roofline, runner, trackers
 from bench.measure.trackers import PeakMemory, nvml_used_bytes, quantiles, time_ms
 from bench.suite import Case
 
@@ -149,6 +149,36 @@ def test_a_case_too_big_for_memory_is_skipped_with_its_estimate(monkeypatch):
     row, samples = runner.measure_case(case, "cpu", 2, 1, {})
     assert row["status"] == "skipped" and "exceed" in row["error"] and samples == []
     assert row["estimated_bytes"] == row["weight_bytes"] + row["kv_cache_bytes_formula"] > 1000
+
+
+def test_memory_cap_is_cuda_only_and_bounds_the_fit_check(monkeypatch):
+    case = Case(arch="transformer", preset="tiny", batch=1, seq_len=32, gen_len=2, window=None, bitnet="none",
+                dtype="float32", backend="torch", compile=False)
+    row, _ = runner.measure_case(case, "cpu", 1, 1, {}, memory_cap_bytes=1000.0)
+    assert row["status"] == "ok" and row["memory_cap_bytes"] is None  # not enforced on CPU: not recorded
+    monkeypatch.setattr(runner, "cap_memory", lambda device, cap: cap)  # as on CUDA
+    row, samples = runner.measure_case(case, "cpu", 1, 1, {}, memory_cap_bytes=1000.0)
+    assert row["status"] == "skipped" and row["memory_cap_bytes"] == 1000.0 and samples == []
+    assert "of this case's memory cap (1e-06 GB)" in row["error"]
+
+
+def _allocate_past_a_cap(cap_bytes: float) -> tuple:
+    applied = trackers.cap_memory("cuda", cap_bytes)
+    small = torch.empty(int(cap_bytes) // 4, dtype=torch.uint8, device="cuda")
+    try:
+        torch.empty(int(cap_bytes), dtype=torch.uint8, device="cuda")
+    except torch.cuda.OutOfMemoryError:
+        return applied, small.numel(), "oom"
+    return applied, small.numel(), "allocated"
+
+
+@pytest.mark.gpu_smoke
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_memory_cap_makes_a_real_out_of_memory_error_on_cuda():
+    """In a process of its own (the cap holds for the whole process): under a 1 GB cap a quarter
+    of it allocates and the whole of it more does not, however much the card has free."""
+    answer = isolation.run_isolated(_allocate_past_a_cap, 1e9)
+    assert answer == ("ok", (1e9, 250_000_000, "oom")), answer
 
 
 def test_time_budget_cuts_repeats_but_keeps_one():

@@ -86,6 +86,11 @@ seq_len = [128, 512]
     assert [c.seq_len for c in suite.cases] == [128, 512]
 
 
+def test_memory_cap_is_read_in_decimal_gigabytes():
+    assert parse("[suite]\nmemory_cap_gb = 80\n[axes]\n").memory_cap_bytes == 80e9
+    assert parse("[axes]\nseq_len = [128]\n").memory_cap_bytes is None
+
+
 @pytest.mark.parametrize("text, message", [
     ("[axes]\narch = [\"yoco\"]\n", "unknown arch value 'yoco'"),
     ("[axes]\npreset = [\"huge\"]\n", "unknown preset value 'huge'"),
@@ -96,6 +101,8 @@ seq_len = [128, 512]
     ("[axes]\ncompile = [\"yes\"]\n", "compile values must be true or false"),
     ("[axes]\ncolour = [1]\n", "unknown axis 'colour'"),
     ("[suite]\nrepeats = 0\n", "repeats must be an integer >= 1"),
+    ("[suite]\nmemory_cap_gb = 0\n", "> 0, got 0"),
+    ("[suite]\nmemory_cap_gb = \"80GB\"\n", "memory_cap_gb must be a number"),
     ("[axes]\nseq_len = [128\n", "user.toml"),
 ])
 def test_bad_suites_are_usage_errors(text, message):

@@ -30,7 +30,14 @@ from bench import archs
 from bench.measure import roofline
 from bench.measure.isolation import one_line, run_isolated
 from bench.measure.roofline import DTYPES
-from bench.measure.trackers import PeakMemory, current_memory_bytes, device_memory_bytes, quantiles, time_ms
+from bench.measure.trackers import (
+    PeakMemory,
+    cap_memory,
+    current_memory_bytes,
+    device_memory_bytes,
+    quantiles,
+    time_ms,
+)
 from bench.suite import Case
 from yoco.config import PRESETS
 
@@ -99,18 +106,23 @@ def _packed_weight_bytes(model, bitnet: str) -> int:
 
 def measure_case(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
                  inject: str | None = None, budget_s: float | None = None,
-                 arch_modules: tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
+                 arch_modules: tuple[str, ...] = (), memory_cap_bytes: float | None = None) -> tuple[dict, list[dict]]:
     """One results row (whatever happens) and its raw samples. `arch_modules`: users' modules
-    that register archs (bench.archs), imported here since the case runs in a fresh fork."""
+    that register archs (bench.archs), imported here since the case runs in a fresh fork.
+    `memory_cap_bytes` (CUDA): the most this process's allocator may hold (trackers.cap_memory)."""
     row: dict = dict(status="error", error="")
     samples: list[dict] = []
     try:
+        row["memory_cap_bytes"] = cap = cap_memory(device, memory_cap_bytes)
         archs.load_modules(arch_modules)
         row.update(estimate(case))
         available = device_memory_bytes(device)
+        where = f"available on {device}"
+        if cap is not None and cap < available:
+            available, where = cap, f"of this case's memory cap ({cap / 1e9:g} GB)"
         if row["estimated_bytes"] > available:
             row.update(status="skipped", error=f"estimated weights + cache {row['estimated_bytes'] / 2**30:.2f} GiB "
-                                               f"exceed the {available / 2**30:.2f} GiB available on {device}")
+                                               f"exceed the {available / 2**30:.2f} GiB {where}")
             return row, samples
         if inject == "oom":
             raise OOM_ERRORS[0]("injected out-of-memory error (YOCO_BENCH_INJECT)")
@@ -227,10 +239,10 @@ def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
 
 def run_case(case: Case, device: str, repeats: int, warmup: int, ceilings: dict, inject: str | None = None,
              threads: int | None = None, budget_s: float | None = None,
-             arch_modules: tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
+             arch_modules: tuple[str, ...] = (), memory_cap_bytes: float | None = None) -> tuple[dict, list[dict]]:
     """measure_case in its own process; a process that dies gets a row saying how."""
     answer = run_isolated(measure_case, case, device, repeats, warmup, ceilings, inject, budget_s, arch_modules,
-                          threads=threads)
+                          memory_cap_bytes, threads=threads)
     if answer[0] == "ok":
         return answer[1]
     if answer[0] == "raised":

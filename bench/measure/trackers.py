@@ -152,6 +152,19 @@ def _nanmax(a: float, b: float) -> float:
     return max(a, float(b))
 
 
+def cap_memory(device: str, cap_bytes: float | None) -> float | None:
+    """Make `cap_bytes` a real limit for this process on CUDA: the caching allocator may then
+    reserve at most that much (torch.cuda.set_per_process_memory_fraction of the device's total),
+    and an allocation past it raises an out-of-memory error, as on a card that size (the CUDA
+    context, outside the allocator, is not counted). Returns the cap applied: None where none was
+    asked for, and on CPU, where it is not enforced. Call it before anything is allocated."""
+    if cap_bytes is None or device != "cuda":
+        return None
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total), 0)
+    return float(min(cap_bytes, total))
+
+
 def device_memory_bytes(device: str) -> float:
     """Memory a case may use: free GPU memory, or the host's MemAvailable."""
     if device == "cuda":

@@ -79,6 +79,9 @@ RESULTS: list[Column] = [
        "bandwidth"),
     # the run
     _c("repeats", "", "timed repeats per phase (fewer than asked where the suite's time budget cut them)"),
+    _c("memory_cap_bytes", "B", "the most the case's CUDA allocator could hold (the suite's memory_cap_gb, by "
+       "torch.cuda.set_per_process_memory_fraction): past it an allocation is a real out-of-memory error; empty "
+       "where the case ran uncapped", CUDA),
     _c("estimated_bytes", "B", "weights + cache estimated on the meta device before the case ran"),
     _c("elapsed_s", "s", "wall time of the whole case, process start to row"),
     _c("status", "", "ok, oom, skipped or error"),
