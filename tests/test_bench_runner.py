@@ -156,6 +156,7 @@ def test_memory_cap_is_cuda_only_and_bounds_the_fit_check(monkeypatch):
                 dtype="float32", backend="torch", compile=False)
     row, _ = runner.measure_case(case, "cpu", 1, 1, {}, memory_cap_bytes=1000.0)
     assert row["status"] == "ok" and row["memory_cap_bytes"] is None  # not enforced on CPU: not recorded
+    assert "SDPA q 4x32 kv 2x32 d16 float32 causal gqa: " in row["attention_kernels"]  # what the case called
     monkeypatch.setattr(runner, "cap_memory", lambda device, cap: cap)  # as on CUDA
     row, samples = runner.measure_case(case, "cpu", 1, 1, {}, memory_cap_bytes=1000.0)
     assert row["status"] == "skipped" and row["memory_cap_bytes"] == 1000.0 and samples == []

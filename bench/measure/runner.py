@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bench import archs
-from bench.measure import roofline
+from bench.measure import attention, roofline
 from bench.measure.isolation import one_line, run_isolated
 from bench.measure.roofline import DTYPES
 from bench.measure.trackers import (
@@ -168,6 +168,7 @@ def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
         prefill, step = model.prefill, model.decode_step
 
         # Warm-up (and compilation): never timed. The memory pass below is the last warm-up.
+        kernels = attention.Recorder().start()  # which attention kernels the calls get; stopped before timing
         for _ in range(warmup if case.compile else max(warmup - 1, 0)):
             nxt = prefill(tokens, cache).argmax(-1)
             for _ in range(min(2, case.gen_len)):
@@ -186,6 +187,7 @@ def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
         for _ in range(case.gen_len):
             nxt = step(nxt, cache).argmax(-1)
         mem_decode.stop()
+        row["attention_kernels"] = kernels.stop().summary()
         for phase, mem in (("prefill", mem_prefill), ("decode", mem_decode)):
             row[f"peak_mem_{phase}_bytes"] = mem.allocated
             row[f"peak_mem_{phase}_reserved_bytes"] = mem.reserved
