@@ -122,8 +122,10 @@ class Recorder:
         ("yoco.layers", "gated_retention_step", "gRet step torch"),
     )
 
-    def __init__(self):
+    def __init__(self, explain: bool = False):
         self.calls: Counter[tuple[str, str]] = Counter()  # (call, kernel) -> count
+        self.explain = explain  # also ask each CUDA kernel why it refused (scripts/gpu_probe.py)
+        self.reasons: dict[str, dict[str, list[str]]] = {}  # call -> refusals(), with explain=True
         self._saved: list[tuple[object, str, object]] = []
 
     def _patch(self, owner, name: str, wrapper):
@@ -139,6 +141,9 @@ class Recorder:
                 call = "SDPA " + describe_call(a["query"], a["key"], a.get("attn_mask"), a.get("is_causal", False),
                                                a.get("enable_gqa", False))
                 self.calls[(call, sdpa_kernel(*args, **kwargs))] += 1
+                if self.explain and call not in self.reasons:
+                    self.reasons[call] = refusals(a["query"], a["key"], a["value"], a.get("attn_mask"),
+                                                  a.get("is_causal", False), a.get("enable_gqa", False))
             return sdpa(*args, **kwargs)
 
         self._patch(F, "scaled_dot_product_attention", noted_sdpa)
