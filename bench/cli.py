@@ -1,5 +1,5 @@
 """`python -m bench`: run | merge | plot | list | compare | gate. Parsing and dispatch; a run is
-carried out by bench.run. With no arguments: `run` on the device present, of the gpu-quick suite
+carried out by bench.run. With no arguments: `run` on the device present, of the gpu-decode suite
 on a GPU and of the default suite on a CPU.
 
 Every usage error (bad suite, axis value, shard, out dir, device...) exits 2 with one line on
@@ -51,7 +51,7 @@ def build_parser() -> Parser:
 
     run = sub.add_parser("run", help="run a suite (or list its cases with --dry-run)")
     run.add_argument("--suite", default=None, help="a built-in suite name (see `list`) or a .toml file "
-                     "(default: gpu-quick on a GPU, default on a CPU)")
+                     "(default: gpu-decode on a GPU, default on a CPU)")
     run.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if present, else cpu")
     run.add_argument("--out", type=Path, default=None,
                      help="run directory (default results/runs/<suite>-<device>-<time>)")
@@ -179,10 +179,10 @@ def installed_backends() -> dict[str, str | None]:
 
 
 def default_suite(device: str) -> str:
-    """The suite a bare `python -m bench` runs: the GPU quick suite on a GPU where it exists."""
+    """The suite a bare `python -m bench` runs: the GPU run's decode section on a GPU, where it exists."""
     from bench.suite import suite_names
 
-    return "gpu-quick" if device == "cuda" and "gpu-quick" in suite_names() else "default"
+    return "gpu-decode" if device == "cuda" and "gpu-decode" in suite_names() else "default"
 
 
 def _default_out(suite: str, device: str) -> Path:

@@ -11,8 +11,8 @@ leaves unused pass on to the next; the run's budget bounds them all):
   smoke    pytest -m gpu_smoke: each CUDA fast path against its reference. A failure stops the run.
   decode   bench/suites/gpu-decode.toml: 3b at a 4K context, bf16, batch 1, four archs (MBU).
   prefill  bench/suites/gpu-prefill.toml: 3b at 8K and 32K, four archs (MFU).
-  long     bench/suites/gpu-long.toml: both YOCOs 32K-1M and the baseline until it stops fitting,
-           under an 80 GB memory cap (growth exponent, the 1M memory figure).
+  long     bench/suites/gpu-long.toml: both YOCOs 128K-1M (32K is in prefill) and the baseline
+           until it stops fitting, under an 80 GB memory cap (growth exponent, the 1M memory figure).
   bitnet   the packed W2A8 kernel against bf16 F.linear at M = 1, K = N = 4096 and 8192
            (tests/benchmarks/test_bitlinear_bench.py), then bench/suites/gpu-bitnet.toml.
   probe    scripts/gpu_probe.py: which SDPA kernel each attention call of sections 1, 2 and 4
@@ -95,11 +95,11 @@ SECTIONS = [
     Section("smoke", 60, "GPU smoke tests (pytest -m gpu_smoke): each CUDA fast path against its reference"),
     Section("decode", 65, "decode at a 4K context, 3b, bf16, batch 1: transformer, hf-llama, yoco-gret, yoco-swa "
             "(MBU; ours against hf-llama)", "gpu-decode"),
-    Section("prefill", 95, "prefill at 8K and 32K, 3b, bf16: the same four archs (MFU; ours against hf-llama)",
+    Section("prefill", 100, "prefill at 8K and 32K, 3b, bf16: the same four archs (MFU; ours against hf-llama)",
             "gpu-prefill"),
-    Section("long", 155, "long prompts, 3b, under an 80 GB cap: both YOCOs 32K-1M, the baseline until it stops "
-            "fitting (growth exponent; the 1M memory figure)", "gpu-long"),
-    Section("bitnet", 50, "BitNet: packed W2A8 kernel against bf16 F.linear at M = 1, K = N = 4096 and 8192; one "
+    Section("long", 135, "long prompts, 3b, under an 80 GB cap: both YOCOs 128K-1M (with section 2's 32K), the "
+            "baseline until it stops fitting (growth exponent; the 1M memory figure)", "gpu-long"),
+    Section("bitnet", 65, "BitNet: packed W2A8 kernel against bf16 F.linear at M = 1, K = N = 4096 and 8192; one "
             "packed 1.58-bit decode case at 3b", "gpu-bitnet"),
     Section("probe", 25, "which SDPA kernel each attention call of sections decode, prefill and bitnet gets, and "
             "why the others refused (scripts/gpu_probe.py)"),
@@ -236,35 +236,43 @@ def plan_text(sections: list[Section], budget_s: int, fla: bool) -> str:
              "estimate: prefill FLOPs / (fraction x 790 TFLOP/s), decode bytes / (0.6 x 4.3 TB/s), "
              f"+ {SECTION_START_S} s per section, {CASE_START_S} s per case, compiles and captures "
              "(scripts/gpu_run.py: the constants at the top)", ""]
-    total = 0.0
-    carried = 0.0
+    total, carried, left = 0.0, 0.0, float(budget_s)
     for section in sections:
+        steps = []  # (what, seconds, note)
+        if section.name == "bitnet":
+            steps.append(("bitlinear microbenchmark: " + BITLINEAR_SELECT, PYTEST_START_S + 2 * (BITNET_KERNEL_S + 3),
+                          ""))
         if section.suite:
             suite = load_suite(section.suite)
-            seconds, rows, seen = float(SECTION_START_S), [], set()
+            seen: set = set()
+            steps.append(("python -m bench run: imports, case server, this machine's rates, plots", SECTION_START_S,
+                           ""))
             for case in suite.cases:
                 s, note = estimate_case_s(case, suite.repeats, suite.warmup, suite.time_budget_s, fla, seen,
                                           suite.memory_cap_bytes)
-                seconds += s
-                rows.append(f"    {case.case_id:<70} {s:7.1f} s{'  ' + note if note else ''}")
-            if section.name == "bitnet":
-                extra = PYTEST_START_S + 2 * (BITNET_KERNEL_S + 3)
-                rows.insert(0, f"    {'bitlinear microbenchmark: ' + BITLINEAR_SELECT:<70} {extra:7.1f} s")
-                seconds += extra
+                steps.append((case.case_id, s, note))
         elif section.name == "smoke":
-            seconds, rows = 50.0, ["    pytest -m gpu_smoke (compiles FlexAttention, fla's and the W2A8 kernels)"]
+            steps.append(("pytest -m gpu_smoke (compiles FlexAttention, fla's and the W2A8 kernels)", 50.0, ""))
         elif section.name == "probe":
-            seconds, rows = 20.0, ["    2-layer models of each case: one prefill and one decode step each"]
-        else:
-            seconds, rows = 240.0, ["    python -m pytest: every test, the CUDA ones included"]
-        limit = section.budget_s + carried
-        verdict = "fits" if seconds <= limit else f"OVER by {seconds - limit:.0f} s: its last cases would be cut"
-        lines.append(f"{section.name}: ~{seconds:.0f} s of a {section.budget_s} s budget"
-                     f"{f' (+{carried:.0f} s carried)' if carried else ''}: {verdict}")
+            steps.append(("2-layer models of each case: one prefill and one decode step each", 20.0, ""))
+        elif section.name == "tests":
+            steps.append(("python -m pytest: every test, the CUDA ones included", 240.0, ""))
+        limit = min(section.budget_s + carried, left)
+        needed = sum(s for _, s, _ in steps)
+        used, rows, cut = 0.0, [], 0
+        for what, s, note in steps:
+            if used + s > limit:
+                cut += 1
+                note = "WOULD BE CUT" + (f"; {note}" if note else "")
+            used = min(limit, used + s)
+            rows.append(f"    {what:<70} {s:7.1f} s{'  ' + note if note else ''}")
+        verdict = "fits" if not cut else f"OVER by {needed - limit:.0f} s: {cut} step(s) would be cut"
+        lines.append(f"{section.name}: ~{needed:.0f} s needed, limit {limit:.0f} s ({section.budget_s} s budget"
+                     f"{f' + {carried:.0f} s carried' if carried else ''}): {verdict}")
         lines.append(f"  {section.title}")
         lines += rows
-        carried = max(0.0, limit - seconds)
-        total += seconds
+        carried, left = max(0.0, limit - used), left - used
+        total += used
     lines.append("")
     lines.append(f"total ~{total:.0f} s of {budget_s} s (+{FINAL_RESERVE_S} s to finish); the machine's start "
                  f"(1-2 min) comes on top, outside the run")

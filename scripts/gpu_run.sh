@@ -6,7 +6,8 @@
 #   bash scripts/gpu_run.sh OUT --sections long --budget 200    # rerun some sections
 #
 # First the fla-core wheel carried under .whl/ (git-ignored; README says how to fetch it) goes into
-# a private folder, with pip and no network (the GPU machine has einops, its one dependency); then
+# a private folder, with pip and no network (with any other wheel carried there: the GPU machine
+# has einops, fla-core's one dependency, so the fla-core wheel alone is enough); then
 # scripts/gpu_run.py does the rest (its docstring: the sections, budgets, outputs). Every argument
 # is passed on to it. Environment: PYTHON (default python3), GPU_RUN_SITE (where the wheel is
 # installed, default /tmp/yoco-gpu-site), and gpu_run.py's GPU_RUN_BUDGET_S and GPU_RUN_DEVICE.
@@ -29,7 +30,7 @@ elif [[ ! -e "${wheels[0]}" ]]; then
 elif (( dry_run )); then
   note="fla-core: ${wheels[0]#$REPO/} would be installed"
 elif "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-       "${wheels[@]}" >&2; then
+       "$REPO"/.whl/*.whl >&2; then
   export PYTHONPATH="$SITE:$PYTHONPATH"
   if "$PYTHON" -c "import fla.ops.simple_gla" 2>/dev/null; then
     note="fla-core: installed from ${wheels[0]#$REPO/} into $SITE"

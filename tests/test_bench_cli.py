@@ -293,7 +293,7 @@ def test_usage_errors_write_nothing(tmp_path, capsys):
 
 def test_bare_command_picks_the_suite_for_the_device():
     assert cli.default_suite("cpu") == "default"
-    assert cli.default_suite("cuda") in ("gpu-quick", "default")
+    assert cli.default_suite("cuda") == "gpu-decode"
     args = cli.build_parser().parse_args(["run"])
     assert args.suite is None and args.device is None and not args.dry_run
 

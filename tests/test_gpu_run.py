@@ -73,7 +73,7 @@ def test_dry_run_plans_every_case_and_writes_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     text = done.stdout
     for section in ("smoke", "decode", "prefill", "long", "bitnet", "probe"):
-        assert re.search(rf"^{section}: ~\d+ s of a \d+ s budget", text, re.M), section
+        assert re.search(rf"^{section}: ~\d+ s needed, limit \d+ s \(\d+ s budget", text, re.M), section
     assert "tests:" not in text  # only when named
     for name in ("gpu-decode", "gpu-prefill", "gpu-long", "gpu-bitnet"):
         for case in load_suite(name).cases:
