@@ -389,6 +389,7 @@ class Run:
 
     def go(self) -> int:
         self.started_at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.notes.append(device_note())
         self.notes.append(os.environ.get("GPU_RUN_FLA_NOTE") or fla_note())
         env_proc = self.environment()
         self.write_status()
@@ -451,8 +452,8 @@ class Run:
             outcome.state, outcome.why = "skipped", "--no-smoke"
             return
         xml = self.work / "smoke.xml"
-        rc = self.run_command([self.python, "-m", "pytest", "-m", "gpu_smoke", "-q", "-rs", "-p", "no:cacheprovider",
-                               f"--junitxml={xml}"], self.logs / "smoke.log", limit)
+        rc = self.run_command([self.python, "-m", "pytest", *smoke_files(), "-m", "gpu_smoke", "-q", "-rs", "-p",
+                               "no:cacheprovider", f"--junitxml={xml}"], self.logs / "smoke.log", limit)
         summary = _last_line(self.logs / "smoke.log")
         if rc == 0:
             outcome.state, outcome.why = "complete", summary
@@ -637,6 +638,21 @@ def _failed_tests(xml: Path) -> list[str]:
         return []
     return [f"{case.get('classname')}::{case.get('name')}" for case in root.iter("testcase")
             if case.find("failure") is not None or case.find("error") is not None]
+
+
+def smoke_files() -> list[str]:
+    """The test files that hold gpu_smoke tests: collecting only those saves importing the rest."""
+    return sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("test_*.py")
+                  if "gpu_smoke" in p.read_text())
+
+
+def device_note() -> str:
+    try:
+        text = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        text = ""
+    return f"GPU: {text}" if text else "GPU: none seen by nvidia-smi"
 
 
 def git_commit() -> str:

@@ -167,8 +167,13 @@ def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
             warmup = max(warmup, 2 if device == "cuda" else 1)
         prefill, step = model.prefill, model.decode_step
 
+        # Which attention kernels the calls get, noted until the timed phase (a graph capture's eager
+        # warm-up steps show the decode's). A compiled step must find the functions it was compiled
+        # with: with compile, only the memory pass's prefill is noted.
+        kernels = attention.Recorder()
+        if not case.compile:
+            kernels.start()
         # Warm-up (and compilation): never timed. The memory pass below is the last warm-up.
-        kernels = attention.Recorder().start()  # which attention kernels the calls get; stopped before timing
         for _ in range(warmup if case.compile else max(warmup - 1, 0)):
             nxt = prefill(tokens, cache).argmax(-1)
             for _ in range(min(2, case.gen_len)):
@@ -178,7 +183,11 @@ def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
         last = {}
         mem_prefill, mem_decode = PeakMemory(device), PeakMemory(device)
         mem_prefill.start()
+        if case.compile:
+            kernels.start()
         first_ms = time_ms(lambda: last.update(logits=prefill(tokens, cache)), device)
+        if case.compile:
+            kernels.stop()
         mem_prefill.stop()
         nxt = last["logits"].argmax(-1)
         if budget_s:  # a suite's time budget per phase: fewer repeats for very long prompts

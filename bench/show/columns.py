@@ -42,7 +42,8 @@ RESULTS: list[Column] = [
     _c("attention_kernels", "", "each distinct attention call of the warm-up and memory pass with the kernel it "
        "got and its count: SDPA (query heads x length, key/value heads x length, head width, dtype, causal, mask, "
        "gqa: flash, efficient, cudnn or math, as torch picked), FlexAttention, and the gated-retention form (fla "
-       "or torch); calls inside torch.compile or a CUDA graph capture are not seen (bench.measure.attention)"),
+       "or torch); calls inside torch.compile or a CUDA graph capture are not seen, and with compile only the "
+       "prefill is (bench.measure.attention)"),
     _c("params", "parameters", "logical parameter count (packed BitNet weights count as the weights they stand for)"),
     _c("weight_bytes", "B", "bytes of parameters and buffers as stored (packed for BitNet)"),
     # prefill
