@@ -374,6 +374,9 @@ class Run:
             proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=f, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=_die_with_parent)
             try:
+                _SIGNALS["armed"] = True
+                if _SIGNALS["pending"]:
+                    raise Stopped(_SIGNALS["pending"])
                 return proc.wait(timeout=limit_s)
             except subprocess.TimeoutExpired:
                 _stop_group(proc)
@@ -381,6 +384,8 @@ class Run:
             except BaseException:  # stopped: take the section's processes down with us
                 _stop_group(proc)
                 raise
+            finally:
+                _SIGNALS["armed"] = False
 
     def section_limit(self, section: Section, carried: float) -> float:
         return min(section.budget_s + carried, self.deadline - time.monotonic())
@@ -394,10 +399,10 @@ class Run:
         env_proc = self.environment()
         self.write_status()
         threading.Thread(target=self._tar_loop, daemon=True).start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, _raise_stopped)
+        saved = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
         failed, carried, stopped = False, 0.0, None
         for outcome in self.outcomes:
+            stopped = stopped or _SIGNALS["pending"]
             if stopped:
                 outcome.state, outcome.why = "not started", f"the run was stopped ({stopped})"
                 continue
@@ -423,11 +428,12 @@ class Run:
             outcome.used_s = time.monotonic() - t0
             carried = max(0.0, limit - outcome.used_s)
             self.log(f"{section.name}: {outcome.state} in {outcome.used_s:.0f} s {outcome.why}")
-            if section.name == "smoke" and outcome.state != "complete" and self.smoke:
+            if section.name == "smoke" and outcome.state == "FAILED":
                 failed = True
             self.tarball()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # what is left takes seconds: let it finish
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stopped = stopped or _SIGNALS["pending"]
         if stopped:
             _stop_group(env_proc)
         else:
@@ -437,7 +443,11 @@ class Run:
             except subprocess.TimeoutExpired:
                 _stop_group(env_proc)
         code = 143 if stopped else 1 if failed or any(o.state == "FAILED" for o in self.outcomes) else 0
-        return self.finish(code)
+        try:
+            return self.finish(code)
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
 
     def environment(self) -> subprocess.Popen:
         """In the background (it imports every optional backend): GPU, driver, versions."""
@@ -458,7 +468,8 @@ class Run:
         if rc == 0:
             outcome.state, outcome.why = "complete", summary
         elif rc == "timeout":
-            outcome.state, outcome.why = "FAILED", f"did not finish in {limit:.0f} s: the run stops (logs/smoke.log)"
+            outcome.state = "CUT"
+            outcome.why = f"did not finish in {limit:.0f} s: no verdict, the run goes on (logs/smoke.log)"
         else:
             failed = _failed_tests(xml)
             outcome.state = "FAILED"
@@ -589,8 +600,13 @@ for dist in ("transformers", "triton", "fla-core", "einops", "pytest", "pytest-b
 """
 
 
+_SIGNALS = {"armed": False, "pending": None}  # raise at once only while waiting on a section's command
+
+
 def _raise_stopped(signum, frame):
-    raise Stopped(signal.Signals(signum).name)
+    _SIGNALS["pending"] = signal.Signals(signum).name
+    if _SIGNALS["armed"]:
+        raise Stopped(_SIGNALS["pending"])
 
 
 def _die_with_parent():

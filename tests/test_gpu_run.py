@@ -191,3 +191,35 @@ def _processes_mentioning(text: str) -> list[int]:
             if text in cmdline and state != "Z":
                 found.append(int(entry.name))
     return found
+
+
+FAKE_PYTEST = """#!/usr/bin/env bash
+# Stands in for python: a pytest run whose one gpu_smoke test fails (writes its JUnit XML).
+for arg in "$@"; do
+  case "$arg" in --junitxml=*) xml="${arg#--junitxml=}" ;; esac
+done
+[[ -n "${xml:-}" ]] || exit 0
+cat > "$xml" <<XML
+<testsuites><testsuite><testcase classname="tests.test_flex_attention" name="test_cuda_compiled[4096-1024]">
+<failure message="mismatch"/></testcase></testsuite></testsuites>
+XML
+echo "1 failed, 10 passed in 31.2s"
+exit 1
+"""
+
+
+def test_failed_smoke_tests_stop_the_run_with_their_names(tmp_path):
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_PYTEST)
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    run = gpu_run.Run(out, tmp_path / "work", gpu_run.select_sections("smoke,decode,probe"), 60, "cpu", str(fake),
+                      smoke=True)
+    assert run.go() == 1
+    status = (out / "STATUS.md").read_text()
+    assert re.search(r"\| smoke \| FAILED \| .*1 failed, 10 passed in 31.2s\. The run STOPS here", status)
+    assert "- failed: `tests.test_flex_attention::test_cuda_compiled[4096-1024]`" in status
+    assert re.search(r"\| decode \| skipped \| .*the smoke tests failed", status)
+    assert re.search(r"\| probe \| skipped \|", status)
+    check_out_folder(out)
