@@ -92,12 +92,12 @@ class Section:
 
 
 SECTIONS = [
-    Section("smoke", 60, "GPU smoke tests (pytest -m gpu_smoke): each CUDA fast path against its reference"),
+    Section("smoke", 75, "GPU smoke tests (pytest -m gpu_smoke): each CUDA fast path against its reference"),
     Section("decode", 65, "decode at a 4K context, 3b, bf16, batch 1: transformer, hf-llama, yoco-gret, yoco-swa "
             "(MBU; ours against hf-llama)", "gpu-decode"),
     Section("prefill", 100, "prefill at 8K and 32K, 3b, bf16: the same four archs (MFU; ours against hf-llama)",
             "gpu-prefill"),
-    Section("long", 135, "long prompts, 3b, under an 80 GB cap: both YOCOs 128K-1M (with section 2's 32K), the "
+    Section("long", 120, "long prompts, 3b, under an 80 GB cap: both YOCOs 128K-1M (with section 2's 32K), the "
             "baseline until it stops fitting (growth exponent; the 1M memory figure)", "gpu-long"),
     Section("bitnet", 65, "BitNet: packed W2A8 kernel against bf16 F.linear at M = 1, K = N = 4096 and 8192; one "
             "packed 1.58-bit decode case at 3b", "gpu-bitnet"),
@@ -187,7 +187,8 @@ def estimate_case_s(case, repeats: int, warmup: int, time_budget_s: float | None
     config = _meta_model(dataclasses.replace(case, arch="transformer" if case.arch == "hf-llama" else case.arch,
                                              backend="torch", batch=1, seq_len=1,
                                              gen_len=max(case.seq_len + case.gen_len, 2) - 1))[0].config
-    activations = 2 * ACTIVATION_WIDTHS(config) * case.seq_len * case.batch
+    chunk = getattr(case, "prefill_chunk", None)  # chunked prefill: activations of one chunk at a time
+    activations = 2 * ACTIVATION_WIDTHS(config) * min(case.seq_len, chunk or case.seq_len) * case.batch
     likely_oom = bool(cap_bytes and e["estimated_bytes"] + activations > cap_bytes)
     note = f"likely out of memory (~{(e['estimated_bytes'] + activations) / 1e9:.0f} GB)" if likely_oom else ""
     if case.arch != "hf-llama":
@@ -252,7 +253,7 @@ def plan_text(sections: list[Section], budget_s: int, fla: bool) -> str:
                                           suite.memory_cap_bytes)
                 steps.append((case.case_id, s, note))
         elif section.name == "smoke":
-            steps.append(("pytest -m gpu_smoke (compiles FlexAttention, fla's and the W2A8 kernels)", 50.0, ""))
+            steps.append(("pytest -m gpu_smoke (compiles FlexAttention, fla's and the W2A8 kernels)", 60.0, ""))
         elif section.name == "probe":
             steps.append(("2-layer models of each case: one prefill and one decode step each", 20.0, ""))
         elif section.name == "tests":

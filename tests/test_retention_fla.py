@@ -8,7 +8,7 @@ import torch.nn.functional as F
 pytest.importorskip("triton", reason="triton is not installed")
 pytest.importorskip("fla.ops.simple_gla", reason="fla-core is not installed")
 
-from conftest import KERNEL_DEVICES, kernel_devices  # noqa: E402
+from conftest import KERNEL_DEVICES  # noqa: E402
 
 from yoco.ops.retention import gated_retention, gated_retention_step  # noqa: E402
 from yoco.ops.retention_fla import fla_available, gated_retention_fla, gated_retention_step_fla  # noqa: E402
@@ -68,7 +68,7 @@ def test_step_wrapper_matches_reference_step(device):
     assert_close_on(device, state, state_ref)
 
 
-@pytest.mark.parametrize("device", kernel_devices(gpu_smoke=True))
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_prefill_state_hands_to_step(device):
     # Prefill with fla (chunk where it runs), decode with fla's step: equals one reference pass.
     T1, T2 = 11, 2
@@ -93,7 +93,6 @@ def test_chunk_wrapper_matches_reference_cuda(T, with_state):
     assert_close_on("cuda", s, s_ref)
 
 
-@pytest.mark.gpu_smoke
 @needs_cuda
 def test_chunk_wrapper_bf16_cuda():
     (q, k, v, g), state0 = random_inputs(2, 100, 4, 64, 64, "cuda", dtype=torch.bfloat16)
@@ -102,6 +101,19 @@ def test_chunk_wrapper_bf16_cuda():
     assert o.dtype == torch.bfloat16 and s.dtype == torch.float32
     assert_close_on("cuda", o, o_ref, rms_ratio=2e-2)
     assert_close_on("cuda", s, s_ref, rms_ratio=2e-2)
+
+
+@pytest.mark.gpu_smoke
+@needs_cuda
+def test_bf16_prefill_then_steps_cuda():
+    """What a bf16 yoco-gret case runs with fla: chunk_simple_gla over the prompt, then
+    fused_recurrent_simple_gla one token at a time from its state, against the reference."""
+    (q, k, v, g), _ = random_inputs(1, 300, 4, 128, 128, "cuda", dtype=torch.bfloat16, seed=5)
+    o_ref, s_ref = gated_retention(q, k, v, g, mode="chunk")
+    o, state = gated_retention_fla(q[:, :296], k[:, :296], v[:, :296], g[:, :296], mode="chunk")
+    steps = [gated_retention_step_fla(q[:, t], k[:, t], v[:, t], g[:, t], state) for t in range(296, 300)]
+    assert_close_on("cuda", torch.cat([o, torch.stack(steps, dim=1)], dim=1), o_ref, rms_ratio=2e-2)
+    assert_close_on("cuda", state, s_ref, rms_ratio=2e-2)
 
 
 def test_fla_chunk_size_must_be_a_power_of_two():
