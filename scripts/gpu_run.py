@@ -59,6 +59,7 @@ if str(REPO) not in sys.path:  # run as a script: the repository's packages come
 
 TAR_NAME, STATUS_NAME, TARGETS_NAME, LOG_NAME = "gpu-run.tar.gz", "STATUS.md", "targets.txt", "gpu-run.log"
 TAR_EVERY_S = float(os.environ.get("GPU_RUN_TAR_EVERY_S", 45))
+TAR_FILE_MAX = 4 << 20  # a bigger file (a runaway log) stays out of the tarball, which must stay under 16 MiB
 FINAL_RESERVE_S = 20  # after the last section: targets, plots of a cut section, the last tarball
 BUDGET_S = 450  # the whole run; with the machine's start it fits a 540 s device call (README "GPU")
 
@@ -304,6 +305,7 @@ class Run:
         self.budget_s = budget_s
         self.outcomes = [Outcome(s) for s in sections]
         self.notes: list[str] = []
+        self.left_out: set[str] = set()
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -352,9 +354,19 @@ class Run:
             self.write_status()
             tmp = self.out / f".{TAR_NAME}.tmp"
             with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
-                tar.add(self.work, arcname="gpu-run", filter=_skip_pycache)
+                tar.add(self.work, arcname="gpu-run", filter=self._tar_filter)
             os.replace(tmp, self.out / TAR_NAME)
             shutil.copyfile(self.work / LOG_NAME, self.out / LOG_NAME)
+
+    def _tar_filter(self, info: tarfile.TarInfo):
+        if "__pycache__" in info.name or info.name.endswith(".tmp"):
+            return None
+        if info.isfile() and info.size > TAR_FILE_MAX and not info.name.endswith((".csv", ".json", ".md")):
+            if info.name not in self.left_out:
+                self.left_out.add(info.name)
+                self.notes.append(f"left out of the tarball (over {TAR_FILE_MAX >> 20} MiB): {info.name}")
+            return None
+        return info
 
     def _tar_loop(self):
         while not self.done.wait(TAR_EVERY_S):
@@ -619,10 +631,6 @@ def _die_with_parent():
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def _skip_pycache(info: tarfile.TarInfo):
-    return None if "__pycache__" in info.name or info.name.endswith(".tmp") else info
 
 
 def _stop_group(proc: subprocess.Popen):
