@@ -78,9 +78,12 @@ FLEX_COMPILE_S = 15  # FlexAttention's Triton kernel, once per new prompt length
 FLA_S = 5  # fla's Triton kernels: loaded from the cache the smoke tests filled, autotuned per process
 BITNET_KERNEL_S = 3  # the W2A8 kernel's autotune, per weight shape
 PYTEST_START_S = 12  # collection imports torch, transformers, triton, fla
-# Prefill activations per token (bytes, bf16), to foresee an out-of-memory under a cap: the
-# block's widest moment, x, its norm, q, k, v, the attention output and three FFN-wide tensors.
-ACTIVATION_WIDTHS = lambda c: 6 * c.d_model + 2 * c.n_kv_heads * c.head_dim + 3 * c.ffn_dim  # noqa: E731
+
+
+def activation_values_per_token(c) -> int:
+    """Prefill activations alive at a block's widest moment, per token, to foresee an
+    out-of-memory under a cap: x, its norm, q, k, v, the attention output, three FFN-wide tensors."""
+    return 6 * c.d_model + 2 * c.n_kv_heads * c.head_dim + 3 * c.ffn_dim
 
 
 @dataclasses.dataclass
@@ -107,7 +110,6 @@ SECTIONS = [
     Section("tests", 300, "the whole python -m pytest (CUDA tests included)", default=False),
 ]
 BY_NAME = {s.name: s for s in SECTIONS}
-PROBE_SUITES = ("gpu-decode", "gpu-prefill", "gpu-bitnet")
 BITLINEAR_BENCH = "tests/benchmarks/test_bitlinear_bench.py"
 BITLINEAR_SELECT = "cuda and 1.58bit and (M1-K4096 or M1-K8192)"  # it times bf16 F.linear beside each
 
@@ -189,7 +191,7 @@ def estimate_case_s(case, repeats: int, warmup: int, time_budget_s: float | None
                                              backend="torch", batch=1, seq_len=1,
                                              gen_len=max(case.seq_len + case.gen_len, 2) - 1))[0].config
     chunk = getattr(case, "prefill_chunk", None)  # chunked prefill: activations of one chunk at a time
-    activations = 2 * ACTIVATION_WIDTHS(config) * min(case.seq_len, chunk or case.seq_len) * case.batch
+    activations = 2 * activation_values_per_token(config) * min(case.seq_len, chunk or case.seq_len) * case.batch
     likely_oom = bool(cap_bytes and e["estimated_bytes"] + activations > cap_bytes)
     note = f"likely out of memory (~{(e['estimated_bytes'] + activations) / 1e9:.0f} GB)" if likely_oom else ""
     if case.arch != "hf-llama":
