@@ -800,14 +800,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(plan_text(sections, args.budget, fla_expected()))
             return 0
-        out = prepare_out(args.out)
-        work = args.work or Path(tempfile_dir())
-        work.mkdir(parents=True, exist_ok=True)
         if args.device == "cuda":
             import torch
 
             if not torch.cuda.is_available():
                 raise UsageError("no CUDA GPU visible: nothing to measure (--device cpu checks the plumbing)")
+        out = prepare_out(args.out)
+        work = args.work or Path(tempfile_dir())
+        work.mkdir(parents=True, exist_ok=True)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -106,7 +106,7 @@ def test_an_out_folder_holding_a_run_is_refused(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_no_gpu_is_a_usage_error(tmp_path):
     done = run_script(str(tmp_path / "out"))
-    assert done.returncode == 2 and "no CUDA GPU" in done.stderr
+    assert done.returncode == 2 and "no CUDA GPU" in done.stderr and not (tmp_path / "out").exists()
 
 
 def check_out_folder(out: Path):
