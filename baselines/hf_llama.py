@@ -52,6 +52,8 @@ def _attn_implementation(config: ModelConfig) -> str:
     parts = config.backends
     if config.bitnet != "none":
         raise ValueError(f"hf-llama has no BitNet layers: bitnet must be 'none', got {config.bitnet!r}")
+    if config.numerics != "llama":
+        raise ValueError(f"hf-llama is HF's Llama: numerics must be 'llama', got {config.numerics!r}")
     if not parts <= {"torch", "flash_attn"}:
         raise ValueError(f"hf-llama runs backend 'torch' (SDPA) or 'flash_attn' (flash_attention_2), "
                          f"got {config.backend!r}")
@@ -190,7 +192,11 @@ def hf_name(name: str) -> str:
 
 def from_preset(name: str, *, device=None, dtype=None, **overrides) -> HFLlama:
     """The hf-llama twin of our `transformer` preset (same config, HF's own initialisation)."""
+    from yoco import backends
+
     config = transformer_config(name, **overrides)
+    if config.backend == "auto":  # of the optional parts, only flash-attn applies to HF's Llama
+        config.backend = backends.resolve("auto", device, parts=("flash_attn",))
     _attn_implementation(config)  # bad bitnet/backend values fail before any import
     with torch.device(device or "cpu"):
         model = HFLlama(config)

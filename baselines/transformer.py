@@ -26,21 +26,21 @@ class Transformer(CausalLM):
 
     def _forward(self, tokens):
         positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.embed(tokens)
+        x = self._embed(tokens)
         for layer in self.layers:
             x = layer(x, positions)
         return self.lm_head(self.norm(x))
 
     def _prefill(self, tokens, cache):
         positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.embed(tokens)
+        x = self._embed(tokens)
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer(x, positions, layer_cache)
         return self.lm_head(self.norm(x[:, -1]))
 
     def _step(self, tokens, cache):
         pos = cache.pos
-        x = self.embed(tokens[:, None])
+        x = self._embed(tokens[:, None])
         valid = cache.layers[0].valid(pos)  # every layer's cache has the same length
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer.step(x, pos, layer_cache, valid)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.show.progress import Progress
+from bench.suite import backend_unusable
 
 REPO = Path(__file__).resolve().parent.parent
 # Testing hook, a comma list of KIND:TEXT: every case whose id contains TEXT, inside its own
@@ -102,8 +103,12 @@ def run_one(case, suite, run: RunSettings, env: dict, out: Path, injections, bac
     bar.show(case.case_id)
     t0 = time.perf_counter()
     inject = next((kind for kind, match in injections if match and match in case.case_id), None)
-    row, samples = runner.run_case(case, device, run.repeats, suite.warmup, env, inject, run.threads,
-                                   suite.time_budget_s, suite.arch_modules, suite.memory_cap_bytes)
+    unusable = backend_unusable(case, device, env.get("backends") or {})
+    if unusable:  # skipped here, with the reason: never run on a backend it did not ask for
+        row, samples = dict(status="skipped", error=unusable), []
+    else:
+        row, samples = runner.run_case(case, device, run.repeats, suite.warmup, env, inject, run.threads,
+                                       suite.time_budget_s, suite.arch_modules, suite.memory_cap_bytes)
     row = {**case.axes(), **row, "case_id": case.case_id,
            "self_decoder": case.self_decoder, "device": device, "device_name": env.get("device_name"),
            "backends_present": backends_present, "elapsed_s": round(time.perf_counter() - t0, 3)}

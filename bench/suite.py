@@ -268,21 +268,22 @@ def check_archs_usable(cases: list[Case]):
 
 
 def optional_parts(cases: list[Case]) -> set[str]:
-    return {p for c in cases for p in c.backend.split("+")} - {"torch"}
+    return {p for c in cases for p in c.backend.split("+")} - {"torch", "auto"}
 
 
-def check_backends_usable(cases: list[Case], device: str, present: dict[str, str | None]):
-    """Optional backend parts run only on CUDA and only where they import: else a usage error."""
-    for case in cases:
-        for part in case.backend.split("+"):
-            if part == "torch":
-                continue
-            if device != "cuda":
-                raise UsageError(f"backend {case.backend!r} (case {case.case_id}) needs --device cuda; "
-                                 f"on {device} only 'torch' is usable")
-            if not present.get(part):
-                raise UsageError(f"backend part {part!r} (case {case.case_id}) is not installed here: "
-                                 f"usable parts are torch{''.join(', ' + k for k, v in present.items() if v)}")
+def backend_unusable(case: Case, device: str, present: dict[str, str | None]) -> str | None:
+    """Why the optional backend parts a case asks for by name cannot run here (they run only on
+    CUDA and only where they import), or None. Such a case is recorded as skipped, never run on
+    another backend; the rest of the suite runs."""
+    for part in case.backend.split("+"):
+        if part in ("torch", "auto"):
+            continue
+        if device != "cuda":
+            return f"backend {case.backend!r} needs --device cuda; on {device} only 'torch' (or 'auto') runs"
+        if not present.get(part):
+            usable = "".join(", " + k for k, v in present.items() if v and k != "triton")
+            return f"backend part {part!r} is not installed here (usable: auto, torch{usable})"
+    return None
 
 
 def select(cases: list[Case], only: list[str] | None = None, shard: tuple[int, int] | None = None) -> list[Case]:

@@ -285,10 +285,6 @@ def test_usage_errors_write_nothing(tmp_path, capsys):
         bad.write_text(text)
         assert cli.main(["run", "--suite", str(bad), "--out", str(out)]) == 2
         assert message in capsys.readouterr().err and not out.exists()
-    value = tmp_path / "value.toml"
-    value.write_text('[axes]\nbackend = ["fla"]\n')
-    assert cli.main(["run", "--suite", str(value), "--device", "cpu", "--out", str(out)]) == 2
-    assert "needs --device cuda" in capsys.readouterr().err and not out.exists()
 
 
 def test_bare_command_picks_the_suite_for_the_device():
@@ -326,3 +322,17 @@ def test_failed_rows_have_nan_free_identity(mini_run):
     for r in rows(mini_run / "results.csv"):
         assert r["case_id"] and r["arch"] and r["preset"] == "tiny" and r["device_name"]
         assert not math.isnan(float(r["kv_cache_bytes"]))
+
+
+def test_a_backend_that_cannot_run_here_skips_only_its_own_cases(tmp_path):
+    """fla asked for on a CPU run: that case is skipped with the reason, never run on torch; the
+    others run, and every row says which backend really ran."""
+    suite = tmp_path / "backends.toml"
+    suite.write_text('[suite]\nrepeats = 1\nthreads = 1\n[axes]\narch = ["yoco-gret"]\npreset = ["tiny"]\n'
+                     'seq_len = [16]\ngen_len = [2]\nbackend = ["torch", "fla", "auto"]\n')
+    out = tmp_path / "run"
+    assert cli.main(["run", "--suite", str(suite), "--device", "cpu", "--out", str(out)]) == 0
+    by_backend = {r["backend"]: r for r in rows(out / "results.csv")}
+    assert by_backend["fla"]["status"] == "skipped" and "needs --device cuda" in by_backend["fla"]["error"]
+    for name in ("torch", "auto"):
+        assert by_backend[name]["status"] == "ok" and by_backend[name]["backend_used"] == "torch"

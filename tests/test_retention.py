@@ -230,3 +230,72 @@ def test_step_bad_inputs_raise(change, match):
     args = dict(q=q[:, 0], k=k[:, 0], v=v[:, 0], log_decay=g[:, 0], state=torch.zeros(2, 3, 4, 6)) | change
     with pytest.raises(ValueError, match=match):
         gated_retention_step(**args)
+
+
+# --- the chunk form's groups of chunks and its low-precision matmuls ---
+
+
+@pytest.mark.parametrize("decay", ["tau16", "strong"])
+@pytest.mark.parametrize("chunk_size,group_tokens", [(8, 8), (8, 20), (5, 16), (16, 1000)])
+def test_chunk_groups_match_recurrent(chunk_size, group_tokens, decay):
+    """Groups of one chunk, of several (rounded down to whole chunks), a last group shorter than the
+    others and a T that neither divides: the state crosses every group boundary exactly."""
+    (q, k, v, g), state0 = random_inputs(2, 77, 3, 8, 6, decay, seed=3)
+    o_ref, s_ref = gated_retention(q, k, v, g, initial_state=state0, mode="recurrent")
+    o, s = gated_retention(q, k, v, g, initial_state=state0, mode="chunk", chunk_size=chunk_size,
+                           group_tokens=group_tokens)
+    torch.testing.assert_close(o, o_ref, **FP32_TOL)
+    torch.testing.assert_close(s, s_ref, **FP32_TOL)
+
+
+@pytest.mark.parametrize("decay", ["tau16", "strong", "none"])
+def test_chunk_in_bf16_matmuls_stays_within_bf16_of_the_fp32_reference(decay):
+    """The GPU path (bf16 matmul inputs, fp32 accumulation, fp32 state and decays), forced here on
+    the CPU, against the float32 recurrent spec: within what bf16 inputs allow, and the state fp32."""
+    (q, k, v, g), state0 = random_inputs(2, 200, 2, 32, 32, decay, seed=4)
+    q, k, v = (x.bfloat16() for x in (q, k, v))
+    o_ref, s_ref = gated_retention(q.float(), k.float(), v.float(), g, initial_state=state0, mode="recurrent")
+    o, s = gated_retention(q, k, v, g, initial_state=state0, mode="chunk", chunk_size=32, group_tokens=64,
+                           matmul_dtype=torch.bfloat16)
+    assert o.dtype == torch.bfloat16 and s.dtype == torch.float32
+    scale = o_ref.abs().max()
+    assert (o.float() - o_ref).abs().max() / scale < 2e-2
+    assert (s - s_ref).abs().max() / s_ref.abs().max() < 1e-2
+    # and it really ran in bf16: not bit-equal to the fp32 chunk form
+    o32, _ = gated_retention(q, k, v, g, initial_state=state0, mode="chunk", chunk_size=32, group_tokens=64,
+                             matmul_dtype=torch.float32)
+    assert not torch.equal(o, o32)
+
+
+def test_chunk_matmul_dtype_defaults_to_float32_on_the_cpu():
+    (q, k, v, g), _ = random_inputs(1, 40, 2, 8, 8, seed=5)
+    q, k, v = (x.bfloat16() for x in (q, k, v))
+    o_default, s_default = gated_retention(q, k, v, g, mode="chunk", chunk_size=8)
+    o32, s32 = gated_retention(q, k, v, g, mode="chunk", chunk_size=8, matmul_dtype=torch.float32)
+    assert torch.equal(o_default, o32) and torch.equal(s_default, s32)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_bad_group_tokens(bad):
+    (q, k, v, g), _ = random_inputs(1, 8, 1, 4, 4)
+    with pytest.raises(ValueError, match=f"group_tokens={bad!r} must be an int >= 1"):
+        gated_retention(q, k, v, g, group_tokens=bad)
+
+
+def test_chunk_memory_is_bounded_by_the_group_not_the_sequence():
+    """No T x C (or fp32 T x D) tensor for the whole sequence: the peak of what torch allocates
+    (profiled) grows with T only through the inputs and the output themselves."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def peak_above_io(T):
+        (q, k, v, g), _ = random_inputs(1, T, 2, 16, 16, seed=6)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            gated_retention(q, k, v, g, mode="chunk", chunk_size=16, group_tokens=128)
+        live = peak = 0
+        for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+            live += event.self_cpu_memory_usage
+            peak = max(peak, live)
+        return peak - 4 * T * 2 * 16  # less the float32 output [1, T, 2, 16]
+
+    short, long = peak_above_io(512), peak_above_io(8192)
+    assert long < 1.5 * short, (short, long)

@@ -93,8 +93,10 @@ def test_chunk_wrapper_matches_reference_cuda(T, with_state):
     assert_close_on("cuda", s, s_ref)
 
 
+@pytest.mark.gpu_smoke
 @needs_cuda
 def test_chunk_wrapper_bf16_cuda():
+    """The torch path as it runs on CUDA (bf16 matmuls, fp32 state) against fla's chunk kernel."""
     (q, k, v, g), state0 = random_inputs(2, 100, 4, 64, 64, "cuda", dtype=torch.bfloat16)
     o_ref, s_ref = gated_retention(q, k, v, g, initial_state=state0, mode="chunk")
     o, s = gated_retention_fla(q, k, v, g, initial_state=state0, mode="chunk")

@@ -15,9 +15,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from yoco.ops.retention import DEFAULT_CHUNK_SIZE
+
 SELF_DECODERS = ("gret", "swa")
 BITNET_MODES = ("none", "1bit", "1.58bit")
-BACKEND_PARTS = ("torch", "fla", "flash_attn", "apex")
+BACKEND_PARTS = ("auto", "torch", "fla", "flash_attn", "apex")
+# "llama": Llama/HF conventions (rotate-half rotary with theta^(-2i/D), norm eps 1e-6, no embedding
+# scale); "unilm": YOCO's authors' code (interleaved rotary with theta^(-i/(D/2-1)), norm eps 1e-5,
+# embeddings times sqrt(d_model)). The cost of a model does not depend on it.
+NUMERICS = ("llama", "unilm")
+NORM_EPS = {"llama": 1e-6, "unilm": 1e-5}
 
 
 @dataclass
@@ -33,16 +40,27 @@ class ModelConfig:
     ffn_dim: int = 192
     max_seq_len: int = 4096
     rope_theta: float = 10000.0
-    norm_eps: float = 1e-6
+    numerics: str = "llama"  # see NUMERICS
+    norm_eps: float | None = None  # None: the numerics' own (NORM_EPS)
     bitnet: str = "none"
-    # "torch" (SDPA, FlexAttention, torch.nn.RMSNorm) or a '+'-joined subset of
-    # BACKEND_PARTS, e.g. "fla+flash_attn". Optional parts are used only when importable.
-    backend: str = "torch"
+    # "auto" (every optional part that imports, on CUDA; resolved when the model is built, see
+    # yoco.backends.resolve), "torch" (SDPA, FlexAttention, torch.nn.RMSNorm only) or a
+    # '+'-joined subset of the optional parts, e.g. "fla+flash_attn", each used on CUDA tensors.
+    backend: str = "auto"
 
     def __post_init__(self):
         check_choice("bitnet", self.bitnet, BITNET_MODES)
-        for part in self.backend.split("+"):
+        check_choice("numerics", self.numerics, NUMERICS)
+        if self.norm_eps is None:
+            self.norm_eps = NORM_EPS[self.numerics]
+        if not isinstance(self.backend, str):
+            raise ValueError(f"backend must be a string like 'auto', 'torch' or 'fla', got {self.backend!r}")
+        parts = self.backend.split("+")
+        for part in parts:
             check_choice("backend", part, BACKEND_PARTS, shown=self.backend)
+        if len(parts) > 1 and {"auto", "torch"} & set(parts):
+            raise ValueError(f"backend {self.backend!r}: 'auto' and 'torch' stand alone; join only the optional "
+                             f"parts with '+' (e.g. 'fla+flash_attn')")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                      "ffn_dim", "max_seq_len"):
             if getattr(self, name) < 1:
@@ -56,6 +74,10 @@ class ModelConfig:
     def backends(self) -> frozenset[str]:
         return frozenset(self.backend.split("+"))
 
+    @property
+    def embed_scale(self) -> float:
+        return self.d_model**0.5 if self.numerics == "unilm" else 1.0
+
 
 @dataclass
 class YOCOConfig(ModelConfig):
@@ -65,7 +87,7 @@ class YOCOConfig(ModelConfig):
     n_self_heads: int = 2
     window: int = 64
     gret_tau: float = 16.0  # lam = logsigmoid(a) / tau
-    chunk_size: int = 64  # gRet chunk length in prefill
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # gRet chunk length in prefill (torch path; fla's kernel: 64)
 
     def __post_init__(self):
         super().__post_init__()

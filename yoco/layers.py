@@ -100,14 +100,15 @@ class GatedRetention(nn.Module):
         self.wq, self.wk, self.wv, self.wg, self.wo = (make_linear(d, d, config.bitnet) for _ in range(5))
         self.wa = make_linear(d, self.n_heads, config.bitnet)
         self.tau, self.theta, self.eps = config.gret_tau, config.rope_theta, config.norm_eps
+        self.rope = config.numerics
         self.chunk_size = config.chunk_size
         self.use_fla = "fla" in config.backends
 
     def _project(self, x, positions):
         q, k, v = (_heads(w(x), self.n_heads) for w in (self.wq, self.wk, self.wv))
-        cos, sin = rope_angles(positions, self.head_dim, self.theta)
+        cos, sin = rope_angles(positions, self.head_dim, self.theta, self.rope)
         log_decay = F.logsigmoid(self.wa(x).float()) / self.tau
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, log_decay
+        return apply_rope(q, cos, sin, self.rope), apply_rope(k, cos, sin, self.rope), v, log_decay
 
     def _output(self, o, x):
         o = F.rms_norm(o.float(), (self.head_dim,), eps=self.eps).to(x.dtype).flatten(-2)
@@ -142,13 +143,13 @@ class SlidingWindowAttention(nn.Module):
         super().__init__()
         d, self.n_heads, self.head_dim = config.d_model, config.n_self_heads, config.self_head_dim
         self.wq, self.wk, self.wv, self.wo = (make_linear(d, d, config.bitnet) for _ in range(4))
-        self.window, self.theta = config.window, config.rope_theta
+        self.window, self.theta, self.rope = config.window, config.rope_theta, config.numerics
         self.use_flash = "flash_attn" in config.backends
 
     def _project(self, x, positions):
         q, k, v = (_heads(w(x), self.n_heads) for w in (self.wq, self.wk, self.wv))
-        cos, sin = rope_angles(positions, self.head_dim, self.theta)
-        return (apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2),
+        cos, sin = rope_angles(positions, self.head_dim, self.theta, self.rope)
+        return (apply_rope(q, cos, sin, self.rope).transpose(1, 2), apply_rope(k, cos, sin, self.rope).transpose(1, 2),
                 v.transpose(1, 2))
 
     def forward(self, x, positions, cache=None):
@@ -179,13 +180,13 @@ class CausalAttention(nn.Module):
         self.wk = make_linear(d, self.n_kv_heads * self.head_dim, config.bitnet)
         self.wv = make_linear(d, self.n_kv_heads * self.head_dim, config.bitnet)
         self.wo = make_linear(self.n_heads * self.head_dim, d, config.bitnet)
-        self.theta = config.rope_theta
+        self.theta, self.rope = config.rope_theta, config.numerics
         self.use_flash = "flash_attn" in config.backends
 
     def _project(self, x, positions):
-        cos, sin = rope_angles(positions, self.head_dim, self.theta)
-        q = apply_rope(_heads(self.wq(x), self.n_heads), cos, sin).transpose(1, 2)
-        k = apply_rope(_heads(self.wk(x), self.n_kv_heads), cos, sin).transpose(1, 2)
+        cos, sin = rope_angles(positions, self.head_dim, self.theta, self.rope)
+        q = apply_rope(_heads(self.wq(x), self.n_heads), cos, sin, self.rope).transpose(1, 2)
+        k = apply_rope(_heads(self.wk(x), self.n_kv_heads), cos, sin, self.rope).transpose(1, 2)
         v = _heads(self.wv(x), self.n_kv_heads).transpose(1, 2)
         return q, k, v
 
@@ -208,12 +209,12 @@ class CrossAttention(nn.Module):
         d, self.n_heads, self.head_dim = config.d_model, config.n_heads, config.head_dim
         self.wq = make_linear(d, self.n_heads * self.head_dim, config.bitnet)
         self.wo = make_linear(self.n_heads * self.head_dim, d, config.bitnet)
-        self.theta = config.rope_theta
+        self.theta, self.rope = config.rope_theta, config.numerics
         self.use_flash = "flash_attn" in config.backends
 
     def _query(self, x, positions):
-        cos, sin = rope_angles(positions, self.head_dim, self.theta)
-        return apply_rope(_heads(self.wq(x), self.n_heads), cos, sin).transpose(1, 2)
+        cos, sin = rope_angles(positions, self.head_dim, self.theta, self.rope)
+        return apply_rope(_heads(self.wq(x), self.n_heads), cos, sin, self.rope).transpose(1, 2)
 
     def forward(self, x, k, v, positions):
         """x holds the queries of `positions`: all T (full forward) or the last one (prefill)."""

@@ -89,6 +89,24 @@ class CausalLM(nn.Module):
         pack_bitnet(self)
         return self
 
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings, times sqrt(d_model) under the authors' numerics (config.embed_scale)."""
+        x = self.embed(tokens)
+        scale = self.config.embed_scale
+        return x * scale if scale != 1.0 else x
+
+    @staticmethod
+    def optional_parts(config) -> tuple[str, ...]:
+        """The optional backend parts this kind of model can use (yoco.backends.MODEL_PARTS)."""
+        return ("flash_attn", "apex")
+
+    def backend_used(self) -> str:
+        """The backend parts that really run now: those of the config's (resolved when built)
+        that this model uses, on CUDA; "torch" elsewhere (optional parts run on CUDA tensors only)."""
+        from yoco import backends
+
+        return backends.used(self.config.backend, self.device, self.optional_parts(self.config))
+
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype

@@ -38,17 +38,22 @@ class YOCO(CausalLM):
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         init_weights(self)
 
+    @staticmethod
+    def optional_parts(config) -> tuple[str, ...]:
+        return ("fla", "flash_attn", "apex") if config.self_decoder == "gret" else ("flash_attn", "apex")
+
     def global_kv(self, x: torch.Tensor, positions: torch.Tensor):
         """K, V [B, H_kv, T, D] of the global cache; rotary on K."""
         h = self.kv_norm(x)
         k = self.wk(h).view(*x.shape[:2], self.config.n_kv_heads, self.config.head_dim)
         v = self.wv(h).view(*x.shape[:2], self.config.n_kv_heads, self.config.head_dim)
-        cos, sin = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
-        return apply_rope(k, cos, sin).transpose(1, 2), v.transpose(1, 2)
+        c = self.config
+        cos, sin = rope_angles(positions, c.head_dim, c.rope_theta, c.numerics)
+        return apply_rope(k, cos, sin, c.numerics).transpose(1, 2), v.transpose(1, 2)
 
     def _forward(self, tokens):
         positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.embed(tokens)
+        x = self._embed(tokens)
         for layer in self.self_layers:
             x = layer(x, positions)
         k, v = self.global_kv(x, positions)
@@ -58,7 +63,7 @@ class YOCO(CausalLM):
 
     def _prefill(self, tokens, cache):
         positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.embed(tokens)
+        x = self._embed(tokens)
         for layer, layer_cache in zip(self.self_layers, cache.layers):
             x = layer(x, positions, layer_cache)
         k, v = self.global_kv(x, positions)
@@ -72,7 +77,7 @@ class YOCO(CausalLM):
 
     def _step(self, tokens, cache):
         pos = cache.pos
-        x = self.embed(tokens[:, None])
+        x = self._embed(tokens[:, None])
         for layer, layer_cache in zip(self.self_layers, cache.layers):
             x = layer.step(x, pos, layer_cache)
         k, v = self.global_kv(x, pos)
@@ -113,8 +118,9 @@ def from_preset(name: str, *, self_decoder: str = "gret", device=None, dtype=Non
 
 
 def build(cls, config, device=None, dtype=None):
-    """Construct directly on the device (meta builds no weights) and cast to dtype."""
-    backends.require(config.backend)
+    """Construct directly on the device (meta builds no weights) and cast to dtype. The config's
+    backend "auto" is resolved here, for this device (yoco.backends.resolve)."""
+    config.backend = backends.resolve(config.backend, device, cls.optional_parts(config))
     with torch.device(device or "cpu"):
         model = cls(config)
     return model.to(dtype) if dtype is not None else model

@@ -150,7 +150,8 @@ def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
     with torch.inference_mode():
         row["mem_before_model_bytes"] = current_memory_bytes(device)
         model = build_model(case, device)
-        row.update(params=model.num_parameters(), weight_bytes=model.weight_bytes(), backend=model.config.backend)
+        row.update(params=model.num_parameters(), weight_bytes=model.weight_bytes(),
+                   backend_used=model.backend_used() if hasattr(model, "backend_used") else "unknown")
         cfg = model.config
         total = case.seq_len + case.gen_len
         cache = model.allocate_cache(case.batch, total)

@@ -36,7 +36,10 @@ RESULTS: list[Column] = [
     _c("dtype", "", "model dtype"),
     _c("device", "", "cpu or cuda"),
     _c("device_name", "", "CPU model or GPU name"),
-    _c("backend", "", "backend parts the case asked for ('+'-joined)"),
+    _c("backend", "", "backend the case asked for: auto, torch or '+'-joined optional parts (fla, flash_attn, "
+       "apex)"),
+    _c("backend_used", "", "optional parts that really ran (those the model uses, on CUDA; 'auto' resolved "
+       "where the model was built), else torch"),
     _c("backends_present", "", "optional backends installed on this machine, with versions"),
     _c("compile", "", "whether the decode step was compiled (compile_decode)"),
     _c("attention_kernels", "", "each distinct attention call of the warm-up and memory pass with the kernel it "
