@@ -10,7 +10,7 @@ Per head, with gamma_t = exp(log_decay_t) in (0, 1]:
 - "chunk": parallel inside chunks of `chunk_size`, the state carried between chunks; O(T * C * d) work.
   This is the prefill form. Chunks are processed in groups (GROUP_TOKENS tokens): inside a group,
   the states entering its chunks come from one small [G, G] decay product, so the Python loop runs
-  T / GROUP_TOKENS times (256 at 1M tokens, not 16,384), and nothing of size T x C is ever held
+  T / GROUP_TOKENS times (128 at 1M tokens, not 16,384), and nothing of size T x C is ever held
   for the whole sequence: memory is bounded by the group, whatever T is.
 
 Layout follows fla: q, k [B, T, H, Dk], v [B, T, H, Dv], log_decay [B, T, H], state [B, H, Dk, Dv].
