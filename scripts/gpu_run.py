@@ -185,6 +185,9 @@ def estimate_case_s(case, repeats: int, warmup: int, time_budget_s: float | None
 
     e = estimate(case)
     fixed = CASE_START_S + (HF_IMPORT_S if case.arch == "hf-llama" else 0)
+    if "fla" in case.backend.split("+") and not fla:
+        return 0.0, "skipped at once: asks for fla, which is absent"
+    gret_on_fla = case.arch == "yoco-gret" and fla and case.backend in ("fla", "auto")
     if cap_bytes and e["estimated_bytes"] > cap_bytes:
         return fixed, "skipped at once: weights + cache exceed the cap"
     config = _meta_model(dataclasses.replace(case, arch="transformer" if case.arch == "hf-llama" else case.arch,
@@ -196,7 +199,7 @@ def estimate_case_s(case, repeats: int, warmup: int, time_budget_s: float | None
     note = f"likely out of memory (~{(e['estimated_bytes'] + activations) / 1e9:.0f} GB)" if likely_oom else ""
     if case.arch != "hf-llama":
         fixed += GRAPH_CAPTURE_S
-    if case.arch == "yoco-gret" and fla:
+    if gret_on_fla:
         fixed += FLA_S
     if case.arch == "yoco-swa" and case.seq_len > (case.window or 0) and case.seq_len not in seen_lengths:
         fixed += FLEX_COMPILE_S
@@ -204,7 +207,7 @@ def estimate_case_s(case, repeats: int, warmup: int, time_budget_s: float | None
     if case.bitnet != "none":
         fixed += 5 * BITNET_KERNEL_S  # five weight shapes per model
     fraction = PREFILL_FRACTION.get(case.arch, 0.3)
-    if case.arch == "yoco-gret" and not fla:
+    if case.arch == "yoco-gret" and not gret_on_fla:
         fraction = GRET_TORCH_FRACTION
     prefill_s = e["prefill_flops"] / (fraction * MATMUL_FLOPS_S)
     if likely_oom:  # it fails in the first layers' activations
@@ -236,7 +239,7 @@ def plan_text(sections: list[Section], budget_s: int, fla: bool) -> str:
     from bench.suite import load_suite
 
     lines = [f"GPU run plan: budget {budget_s} s for the sections (+{FINAL_RESERVE_S} s to finish), "
-             f"fla-core {'present' if fla else 'absent (gRet runs the PyTorch chunk form)'}",
+             f"fla-core {'present' if fla else 'absent (the yoco-gret cases that ask for fla are skipped)'}",
              "estimate: prefill FLOPs / (fraction x 790 TFLOP/s), decode bytes / (0.6 x 4.3 TB/s), "
              f"+ {SECTION_START_S} s per section, {CASE_START_S} s per case, compiles and captures "
              "(scripts/gpu_run.py: the constants at the top)", ""]
@@ -701,7 +704,7 @@ def fla_note() -> str:
     import importlib.util
 
     if importlib.util.find_spec("fla") is None:
-        return "fla-core: not importable (no wheel under .whl/?): gRet runs the PyTorch chunk form"
+        return "fla-core: not importable (no wheel under .whl/?): the yoco-gret cases that ask for fla are skipped"
     import importlib.metadata
 
     try:
@@ -733,7 +736,7 @@ def gret_form(row: dict) -> str:
         return "fla-core kernels"
     if "gRet torch" in kernels:
         return "PyTorch chunk form (no fla)"
-    return f"not recorded (backend {row.get('backend')})"
+    return f"not recorded (backend {row.get('backend')}, used {row.get('backend_used') or '?'})"
 
 
 def case_lines(rows: list[dict]) -> list[str]:

@@ -26,7 +26,7 @@ wheels=("$REPO"/.whl/fla_core-*.whl)
 if "$PYTHON" -c "import fla" 2>/dev/null; then
   note="fla-core: already importable here ($("$PYTHON" -c "import importlib.metadata as m; print(m.version('fla-core'))" 2>/dev/null))"
 elif [[ ! -e "${wheels[0]}" ]]; then
-  note="fla-core: no wheel under .whl/ (carry it: README \"GPU\"): gRet runs the PyTorch chunk form"
+  note="fla-core: no wheel under .whl/ (carry it: README \"GPU\"): the yoco-gret cases that ask for fla are skipped"
 elif (( dry_run )); then
   note="fla-core: ${wheels[0]#$REPO/} would be installed"
 elif "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
@@ -35,10 +35,10 @@ elif "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-di
   if "$PYTHON" -c "import fla.ops.simple_gla" 2>/dev/null; then
     note="fla-core: installed from ${wheels[0]#$REPO/} into $SITE"
   else
-    note="fla-core: installed from ${wheels[0]#$REPO/} but does not import (einops missing?): gRet runs the PyTorch chunk form"
+    note="fla-core: installed from ${wheels[0]#$REPO/} but does not import (einops missing?): the yoco-gret cases that ask for fla are skipped"
   fi
 else
-  note="fla-core: pip could not install ${wheels[0]#$REPO/}: gRet runs the PyTorch chunk form"
+  note="fla-core: pip could not install ${wheels[0]#$REPO/}: the yoco-gret cases that ask for fla are skipped"
 fi
 echo "$note" >&2
 export GPU_RUN_FLA_NOTE="$note"
