@@ -3,6 +3,7 @@ its row flushed as it ends), then summary and plots. `bench.cli` parses; this mo
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.show.progress import Progress
-from bench.suite import backend_unusable
+from bench.suite import MAX_BATCH, backend_unusable
 
 REPO = Path(__file__).resolve().parent.parent
 # Testing hook, a comma list of KIND:TEXT: every case whose id contains TEXT, inside its own
@@ -41,9 +42,19 @@ def dry_run(suite, cases, device: str) -> int:
     print(f"{'case_id':<72} {'params':>14} {'weights':>11} {'kv cache':>11}")
     for case in cases:
         try:
-            e = estimate(case)
+            note = ""
+            if case.batch == MAX_BATCH:  # sized at the batch the search would try first
+                from bench.measure import max_batch
+
+                cap = suite.memory_cap_bytes
+                if cap is None:
+                    print(f"{case.case_id:<72} batch = \"max\": the search starts from the device's memory")
+                    continue
+                first = max_batch.start_batch(case, cap)[0]
+                note = f"  (batch max: first try {first})"
+            e = estimate(dataclasses.replace(case, batch=first) if note else case)
             print(f"{case.case_id:<72} {e['params']:>14,} {_size(e['weight_bytes']):>11} "
-                  f"{_size(e['kv_cache_bytes_formula']):>11}")
+                  f"{_size(e['kv_cache_bytes_formula']):>11}{note}")
         except Exception as err:  # an invalid combination: show it, list the rest
             print(f"{case.case_id:<72} cannot build: {err}")
     return 0
@@ -104,11 +115,17 @@ def run_one(case, suite, run: RunSettings, env: dict, out: Path, injections, bac
     t0 = time.perf_counter()
     inject = next((kind for kind, match in injections if match and match in case.case_id), None)
     unusable = backend_unusable(case, device, env.get("backends") or {})
+
+    def run_at(c, repeats):
+        return runner.run_case(c, device, repeats, suite.warmup, env, inject, run.threads, suite.time_budget_s,
+                               suite.arch_modules, suite.memory_cap_bytes)
+
     if unusable:  # skipped here, with the reason: never run on a backend it did not ask for
         row, samples = dict(status="skipped", error=unusable), []
+    elif case.batch == MAX_BATCH:
+        row, samples = largest_batch(case, suite, run, env, run_at)
     else:
-        row, samples = runner.run_case(case, device, run.repeats, suite.warmup, env, inject, run.threads,
-                                       suite.time_budget_s, suite.arch_modules, suite.memory_cap_bytes)
+        row, samples = run_at(case, run.repeats)
     row = {**case.axes(), **row, "case_id": case.case_id,
            "self_decoder": case.self_decoder, "device": device, "device_name": env.get("device_name"),
            "backends_present": backends_present, "elapsed_s": round(time.perf_counter() - t0, 3)}
@@ -116,6 +133,29 @@ def run_one(case, suite, run: RunSettings, env: dict, out: Path, injections, bac
     report.append_rows(out / "samples.csv", report.SAMPLE_COLUMNS, samples)
     report.append_rows(out / "results.csv", report.COLUMNS, [row])
     bar.done(case.case_id, row["status"], row["elapsed_s"])
+
+
+def largest_batch(case, suite, run: RunSettings, env: dict, run_at) -> tuple[dict, list[dict]]:
+    """A batch = "max" case: the largest batch that fits under the cap (bench.measure.max_batch),
+    probed with one repeat, measured with the suite's; the row says which batch and how it was found."""
+    from bench.measure import max_batch
+
+    cap = suite.memory_cap_bytes or env.get("device_memory_bytes")
+    if not cap or not cap > 0:
+        return dict(status="error", error="batch = \"max\" needs a memory cap: set [suite] memory_cap_gb"), []
+    measured = {}
+
+    def at(batch, final):
+        row, samples = run_at(dataclasses.replace(case, batch=batch), run.repeats if final else 1)
+        measured["samples"] = samples
+        return row
+
+    row, batch, log = max_batch.search(case, run.device, cap, at)
+    if batch is not None:
+        row["batch"] = batch
+    row.update(memory_cap_bytes=cap, max_batch_search="; ".join(log))
+    samples = measured.get("samples", []) if row.get("status") == "ok" else []
+    return row, samples
 
 
 def finish(out: Path, env: dict, quiet: bool = False):

@@ -9,7 +9,8 @@ Grammar (the built-in suites in bench/suites/ use the same one as a user's own f
     warmup = 1
     threads = 1                      # optional: CPU threads per case (default: torch's, all cores)
     time_budget_s = 120              # optional: per phase; very long prompts get fewer repeats (>= 1)
-    memory_cap_gb = 80               # optional, CUDA: each case's allocator may hold at most 80e9 bytes
+    memory_cap_gb = 80               # optional: on CUDA each case's allocator may hold at most 80e9 bytes;
+                                     # batch = "max" fits under it (default: the device's memory)
     arch_modules = ["my_archs"]      # optional: modules (or .py paths) that register archs (bench.archs)
 
     [axes]                           # defaults shared by every sweep
@@ -52,6 +53,10 @@ SUITE_KEYS = ("description", "devices", "repeats", "warmup", "threads", "time_bu
               "memory_cap_gb")
 
 
+# batch = "max": the largest batch that fits under the suite's memory cap (bench.measure.max_batch).
+MAX_BATCH = "max"
+
+
 class UsageError(Exception):
     """A mistake in what the user asked for: the CLI prints it and exits 2."""
 
@@ -60,7 +65,7 @@ class UsageError(Exception):
 class Case:
     arch: str
     preset: str
-    batch: int
+    batch: int | str  # or MAX_BATCH
     seq_len: int
     gen_len: int
     window: int | None
@@ -198,6 +203,9 @@ def _expand(path: Path, axes: dict, excludes: list) -> list[Case]:
         values[name] = [_validate(path, name, x) for x in (v if isinstance(v, list) else [v])]
         if not values[name]:
             raise UsageError(f"{path}: axis {name!r} has no values")
+    if MAX_BATCH in values["batch"] and len(values["batch"]) > 1:
+        raise UsageError(f"{path}: batch = \"{MAX_BATCH}\" finds the batch itself: it cannot be swept with other "
+                         f"batch values, got {values['batch']!r}")
     if not isinstance(excludes, list) or not all(isinstance(e, dict) for e in excludes):
         raise UsageError(f"{path}: exclude must be a list of tables like {{arch = \"transformer\"}}")
     for e in excludes:
@@ -253,7 +261,11 @@ def _validate(path: Path, name: str, value):
     elif name == "compile":
         if not isinstance(value, bool):
             raise UsageError(f"{path}: compile values must be true or false, got {value!r}")
+    elif name == "batch" and value == MAX_BATCH:
+        pass
     elif name in ("batch", "seq_len", "gen_len", "window"):
+        if name == "batch" and isinstance(value, str):
+            raise UsageError(f"{path}: batch values must be integers >= 1 or \"{MAX_BATCH}\", got {value!r}")
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"{path}: {name} values must be integers >= 1, got {value!r}")
     return value

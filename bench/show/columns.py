@@ -87,9 +87,11 @@ RESULTS: list[Column] = [
        "bandwidth"),
     # the run
     _c("repeats", "", "timed repeats per phase (fewer than asked where the suite's time budget cut them)"),
-    _c("memory_cap_bytes", "B", "the most the case's CUDA allocator could hold (the suite's memory_cap_gb, by "
-       "torch.cuda.set_per_process_memory_fraction): past it an allocation is a real out-of-memory error; empty "
-       "where the case ran uncapped", CUDA),
+    _c("memory_cap_bytes", "B", "the memory cap the case ran under: on CUDA a real limit on its allocator (the "
+       "suite's memory_cap_gb); for batch = \"max\" also the memory the batch had to fit in (default the "
+       "device's; on a CPU judged by the measured peak above mem_before_model_bytes)"),
+    _c("max_batch_search", "", "batch = \"max\" only: the batches tried and whether each fitted under the cap, "
+       "then the one measured"),
     _c("estimated_bytes", "B", "weights + cache estimated on the meta device before the case ran"),
     _c("elapsed_s", "s", "wall time of the whole case, process start to row"),
     _c("status", "", "ok, oom, skipped or error"),
