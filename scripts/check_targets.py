@@ -41,12 +41,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.show import paper
+
 MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured"
 YOCO_ARCHS = ("yoco-gret", "yoco-swa")
 MBU_TARGET, MFU_TARGET, SLOPE_TARGET, KERNEL_TARGET = 0.7, 0.5, 1.2, 4.0
 FIT_BYTES = 80e9  # "fits in 80 GB"
 ONE_M = 1 << 20
-PAPER = {"memory_1m": 9.4, "prefill_1m": 71.8, "prefill_32k": 2.87}
 
 
 @dataclass
@@ -157,16 +158,6 @@ def yoco_prefill_slope(df: pd.DataFrame) -> list[Result]:
     return out
 
 
-def peak_bytes(row) -> float:
-    """The larger of the prefill and decode peaks: reserved (what the process held) where recorded."""
-    values = [row.get(f"peak_mem_{p}_reserved_bytes") for p in ("prefill", "decode")]
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        values = [row.get(f"peak_mem_{p}_bytes") for p in ("prefill", "decode")]
-        values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return float(max(values)) if values else math.nan
-
-
 def _cap(row) -> float:
     value = row.get("memory_cap_bytes")
     return math.nan if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
@@ -192,7 +183,7 @@ def fits_1m(df: pd.DataFrame, scoped: pd.DataFrame) -> list[Result]:
             else:
                 out.append(Result(name, scope, NOT_MEASURED, "-"))
             continue
-        worst = max((peak_bytes(r) for _, r in rows.iterrows()), default=math.nan)
+        worst = max((paper.peak_bytes(r) for _, r in rows.iterrows()), default=math.nan)
         caps = [_cap(r) for _, r in rows.iterrows()]
         capped = all(c <= FIT_BYTES for c in caps)  # nan compares False: uncapped
         status = MET if capped else NOT_MEASURED if math.isnan(worst) else MET if worst <= FIT_BYTES else NOT_MET
@@ -225,61 +216,20 @@ def ours_vs_hf(df: pd.DataFrame) -> list[Result]:
     return out
 
 
-def paper_ratios(df: pd.DataFrame, scoped: pd.DataFrame) -> list[Result]:
+def paper_ratios(rows: pd.DataFrame) -> list[Result]:
+    """The paper's figures (bench.show.paper: the one place they are computed), judged against the
+    paper's values: met where our ratio reaches the paper's, whether measured or by formula."""
     out = []
-    base_all = scoped[(scoped["arch"] == "transformer") & (scoped["preset"] == "3b")]
-    for arch in YOCO_ARCHS:
-        yoco = df[(df["arch"] == arch) & (df["preset"] == "3b")]
-        base = df[(df["arch"] == "transformer") & (df["preset"] == "3b")]
-        # memory at 1M: YOCO measured; the baseline measured if it ran, else weights + KV cache by formula
-        y = yoco[yoco["seq_len"] == ONE_M]
-        b = base[base["seq_len"] == ONE_M]
-        scope = f"3b 1M, transformer / {arch}"
-        if y.empty:
-            out.append(Result("memory ratio (paper 9.4x)", scope, NOT_MEASURED, "-", "no YOCO row at 1M"))
-        else:
-            y_bytes = max(peak_bytes(r) for _, r in y.iterrows())
-            if len(b):
-                b_bytes, how = min(peak_bytes(r) for _, r in b.iterrows()), "both measured"
-            else:
-                est = base_all[base_all["seq_len"] == ONE_M]["estimated_bytes"].dropna()
-                b_bytes = float(est.min()) if len(est) else math.nan
-                how = "transformer by formula (weights + KV cache, no activations), YOCO measured"
-            if math.isnan(b_bytes) or math.isnan(y_bytes):
-                out.append(Result("memory ratio (paper 9.4x)", scope, NOT_MEASURED, "-", how))
-            else:
-                ratio = b_bytes / y_bytes
-                out.append(Result("memory ratio (paper 9.4x)", scope, MET if ratio >= PAPER["memory_1m"] else NOT_MET,
-                                  f"{ratio:.2f}x", f"{b_bytes / 1e9:.1f} GB / {y_bytes / 1e9:.1f} GB; {how}"))
-        for seq_len, name, paper in ((ONE_M, "prefill ratio at 1M (paper 71.8x)", PAPER["prefill_1m"]),
-                                     (32768, "prefill ratio at 32K (paper 2.87x)", PAPER["prefill_32k"])):
-            scope = f"3b {_fmt_len(seq_len)}, transformer / {arch}"
-            y = yoco[(yoco["seq_len"] == seq_len) & yoco["prefill_ms"].notna()]
-            b = base[(base["seq_len"] == seq_len) & base["prefill_ms"].notna()]
-            curve = prefill_curve(base[(base["seq_len"] >= 32768) & base["prefill_ms"].notna()])
-            if len(y) and b.empty and len(curve) >= 2:  # the baseline's time there, extrapolated
-                slope = loglog_slope(curve.index, curve.values)
-                at = float(curve.iloc[-1]) * (seq_len / float(curve.index[-1])) ** slope
-                ratio = at / y["prefill_ms"].max()
-                out.append(Result(name, scope, MET if ratio >= paper else NOT_MET, f"{ratio:.2f}x (formula)",
-                                  f"transformer {at:.4g} ms by formula: c * N^{slope:.2f} through its rows at "
-                                  f"{_fmt_len(curve.index[0])}-{_fmt_len(curve.index[-1])}; {arch} "
-                                  f"{y['prefill_ms'].max():.4g} ms measured"))
-                continue
-            if y.empty or b.empty:
-                both = set(yoco.dropna(subset=["prefill_ms"])["seq_len"]) & set(
-                    base.dropna(subset=["prefill_ms"])["seq_len"])
-                note = ""
-                if both:
-                    n = max(both)
-                    at_n = (base[base["seq_len"] == n]["prefill_ms"].min()
-                            / yoco[yoco["seq_len"] == n]["prefill_ms"].max())
-                    note = f"longest length with both measured: {_fmt_len(n)}, where the ratio is {at_n:.2f}x"
-                out.append(Result(name, scope, NOT_MEASURED, "-", note))
-                continue
-            ratio = b["prefill_ms"].min() / y["prefill_ms"].max()  # least favourable to YOCO
-            out.append(Result(name, scope, MET if ratio >= paper else NOT_MET, f"{ratio:.2f}x",
-                              f"transformer {b['prefill_ms'].min():.4g} ms, {arch} {y['prefill_ms'].max():.4g} ms"))
+    for cell in paper.cells(rows):
+        f = cell.figure
+        name = f.target
+        scope = f"3b {_fmt_len(f.seq_len)}, transformer / {cell.arch}"
+        if cell.how == paper.NOT_MEASURED:
+            out.append(Result(f"{name} (paper {f.paper:g}x)", scope, NOT_MEASURED, "-", cell.detail))
+            continue
+        value = f"{cell.ratio:.2f}x" + (" (formula)" if cell.how == paper.FORMULA else "")
+        out.append(Result(f"{name} (paper {f.paper:g}x)", scope, MET if cell.ratio >= f.paper else NOT_MET, value,
+                          f"{cell.how}: {cell.detail}"))
     return out
 
 
@@ -310,7 +260,8 @@ def check(run_dirs: list[Path], any_device: bool = False,
     scoped = in_scope(all_rows, any_device)
     df = scoped[scoped["status"] == "ok"]
     results = (decode_mbu(df) + prefill_mfu(df) + yoco_prefill_slope(df) + fits_1m(df, scoped)
-               + ours_vs_hf(df) + packed_kernel(bitlinear_json) + paper_ratios(df, scoped))
+               + ours_vs_hf(df) + packed_kernel(bitlinear_json)
+               + paper_ratios(all_rows if any_device else all_rows[all_rows["device"] == "cuda"]))
     return results, envs
 
 

@@ -132,7 +132,7 @@ def test_a_section_cut_by_its_budget_keeps_its_rows_and_says_so(tmp_path):
     stops it; the finished row, plots drawn from it and the cut are all in OUT."""
     out, work = tmp_path / "out", tmp_path / "work"
     cases = parse_suite(gpu_run.shrink_suite(load_suite("gpu-decode").text), Path("t.toml")).cases
-    done = run_script(str(out), "--device", "cpu", "--sections", "decode", "--budget", "25", "--work", str(work),
+    done = run_script(str(out), "--device", "cpu", "--sections", "decode", "--budget", "40", "--work", str(work),
                       env={bench_run.INJECT_ENV: f"hang:{cases[1].case_id}"})
     assert done.returncode == 0, done.stderr  # cut by the budget is not a failure
     check_out_folder(out)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.show import columns
+from bench.show import columns, paper
 
 # The header of results.csv and samples.csv: bench.show.columns documents every column.
 COLUMNS = columns.RESULT_NAMES
@@ -177,6 +177,11 @@ def summary_markdown(df: pd.DataFrame, env: dict) -> str:
                   "Ratios > 1 favour YOCO (bitnet none; prefill and decode medians; decode memory: "
                   f"{_memory_words(env)} during decode, less what was held before the model was built).", "",
                   markdown_table(ratios), ""]
+    lines += ["## The paper's figures",
+              "The YOCO paper's headline ratios (3B, one H100-80GB) beside this run's; per cell whether both "
+              "sides were measured or the baseline, which did not fit or did not run there, came from a formula "
+              "(bench/show/paper.py).", "",
+              paper.markdown(df, env.get("device_name") or env.get("device", "?")), ""]
     ok = df[df["status"] == "ok"]
     if len(ok):
         cols = ["case_id", "prefill_ms", "decode_tok_s", "peak_mem_decode_bytes", "kv_cache_bytes", "prefill_mfu",
