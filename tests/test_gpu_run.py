@@ -56,8 +56,12 @@ def test_section_suites_cover_the_headline_figures():
 def test_tiny_suites_keep_each_sections_shape(name):
     suite = load_suite(name)
     tiny = parse_suite(gpu_run.shrink_suite(suite.text), Path(f"{name}-tiny.toml"))
-    assert len(tiny.cases) == len(suite.cases)  # lengths, windows and excludes all mapped alike
-    assert [c.arch for c in tiny.cases] == [c.arch for c in suite.cases]
+    # lengths, windows and excludes all mapped alike; graph decode (CUDA only) runs eager, which
+    # merges a case that the GPU suite also times eager
+    eager = list(dict.fromkeys((c.arch, c.seq_len, c.window) for c in suite.cases))
+    assert len(tiny.cases) == len(eager)
+    assert [c.arch for c in tiny.cases] == [arch for arch, _, _ in eager]
+    assert {c.decode_mode for c in tiny.cases} == {"eager"}
     assert {(c.preset, c.dtype) for c in tiny.cases} == {("tiny", "float32")} and tiny.devices == ("cpu",)
     assert tiny.memory_cap_gb == suite.memory_cap_gb
 

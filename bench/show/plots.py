@@ -28,7 +28,8 @@ def _title(what: str, df: pd.DataFrame, env: dict) -> str:
 
 def _series(df: pd.DataFrame):
     """Lines to draw along seq_len: one per architecture and per other axis that varies."""
-    varying = [c for c in ("preset", "batch", "dtype", "backend", "compile", "gen_len") if df[c].nunique() > 1]
+    varying = [c for c in ("preset", "batch", "dtype", "backend", "decode_mode", "gen_len")
+               if c in df and df[c].nunique() > 1]
     for key, group in df.groupby(["arch", *varying], sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         label = key[0]
@@ -53,7 +54,13 @@ def plot_vs_seq_len(df, env, out, name, column, ylabel, what, logy=True, scale=1
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for arch, label, group in _series(data):
-        ax.plot(group["seq_len"], group[column] * scale, label=label, **STYLE.get(arch, {}))
+        style = STYLE.get(arch, {})
+        ax.plot(group["seq_len"], group[column] * scale, label=label, **style)
+        low, high = f"{column}_ci_low", f"{column}_ci_high"
+        if low in group and group[low].notna().any():  # --processes N: the 95% interval of the median
+            ax.errorbar(group["seq_len"], group[column] * scale,
+                        yerr=[(group[column] - group[low]) * scale, (group[high] - group[column]) * scale],
+                        fmt="none", ecolor=style.get("color"), capsize=3, alpha=0.8)
     ax.set_xscale("log", base=2)
     if logy:
         ax.set_yscale("log")
