@@ -21,6 +21,7 @@ from bench.measure.timing import quantiles, time_ms
 from bench.measure.trackers import PeakMemory, nvml_used_bytes
 from bench.show import columns
 from bench.suite import Case
+from yoco.ops.retention import GROUP_TOKENS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,10 +50,14 @@ def test_dense_prefill_flops_match_torch_flop_counter(arch, seq_len):
     parts = roofline.prefill_flops_parts(model.config, arch, batch, seq_len)
     assert counted.pop("aten.mm", 0) == parts["linear"] + parts["lm_head"]
     c = model.config
-    if arch == "yoco-gret":  # executed: every chunk whole (C x C), padding included
-        C, d, dh = c.chunk_size, c.d_model, c.d_model // c.n_self_heads
-        padded = -(-seq_len // C) * C
-        executed = batch * c.n_self_layers * (4 * padded * C * d + 4 * padded * d * dh)
+    if arch == "yoco-gret":  # executed: every chunk whole (C x C), padding included, groups' [n, n] products
+        C, d, dh = min(c.chunk_size, seq_len), c.d_model, c.d_model // c.n_self_heads
+        group = max(1, GROUP_TOKENS // C) * C
+        executed = 0
+        for start in range(0, seq_len, group):
+            n = -(-(min(seq_len, start + group) - start) // C)
+            executed += 4 * n * C * C * d + 4 * n * C * d * dh + 2 * n * n * d * dh
+        executed *= batch * c.n_self_layers
         assert counted.pop("aten.bmm", 0) == executed > parts["retention"] > 0
     assert parts["attention"] > 0 or arch == "yoco-gret"
     assert roofline.prefill_flops(model.config, arch, batch, seq_len) == sum(parts.values())
@@ -74,11 +79,11 @@ def test_gret_flops_are_useful_flops_no_padding_no_upper_triangle():
 def test_flops_by_dtype_put_each_part_where_it_runs():
     c = tiny("yoco-gret").config
     parts = roofline.prefill_flops_parts(c, "yoco-gret", 1, 100)
-    bf16 = roofline.prefill_flops_by_dtype(parts, roofline.part_dtypes("bfloat16", "none", "cuda"))
+    bf16 = roofline.prefill_flops_by_dtype(parts, roofline.part_dtypes("bfloat16", "none", "cpu"))
     assert bf16 == {"bfloat16": parts["linear"] + parts["lm_head"] + parts["attention"],
-                    "float32": parts["retention"]}  # gRet's PyTorch form runs in float32
-    fla = roofline.prefill_flops_by_dtype(parts, roofline.part_dtypes("bfloat16", "none", "cuda", "fla"))
-    assert fla == {"bfloat16": sum(parts.values())}
+                    "float32": parts["retention"]}  # gRet's chunk form multiplies in float32 off CUDA
+    cuda = roofline.prefill_flops_by_dtype(parts, roofline.part_dtypes("bfloat16", "none", "cuda"))
+    assert cuda == {"bfloat16": sum(parts.values())}  # on CUDA in the model's dtype (its form and fla's)
     packed = roofline.part_dtypes("bfloat16", "1.58bit", "cuda")
     assert (packed["linear"], packed["lm_head"]) == ("int8", "bfloat16")  # the W2A8 kernel; the LM head stays
     assert roofline.part_dtypes("float32", "1.58bit", "cpu")["linear"] == "float32"  # the exact float32 reference

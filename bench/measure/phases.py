@@ -52,7 +52,8 @@ def _measure(case, device, repeats, warmup, ceilings, row, samples, budget_s, bu
         row.update(_state_columns(gpu.state(), "before"))
     row["mem_before_model_bytes"] = current_memory_bytes(device)
     model = build_model(case, device)
-    row.update(params=model.num_parameters(), weight_bytes=model.weight_bytes(), backend=model.config.backend)
+    row.update(params=model.num_parameters(), weight_bytes=model.weight_bytes(),
+               backend_used=model.backend_used() if hasattr(model, "backend_used") else "unknown")
     total = case.seq_len + case.gen_len
     cache = _cache_with_sizes(model, case.batch, total, device, row)
     tokens = torch.randint(0, model.config.vocab_size, (case.batch, case.seq_len), device=device)
@@ -152,8 +153,7 @@ def _measure(case, device, repeats, warmup, ceilings, row, samples, budget_s, bu
     row.update(timing_columns(prefill_ms, step_samples, case.batch, case.seq_len))
     contexts = range(seq_len, seq_len + case.gen_len)  # what every pass's steps start from
     row["decode_bytes_per_step"] = roofline.mean_decode_bytes(model, case.batch, contexts)
-    gret_form = "fla" if "fla" in model.config.backends and device == "cuda" else "torch"
-    dtypes = roofline.part_dtypes(case.dtype, case.bitnet, device, gret_form)
+    dtypes = roofline.part_dtypes(case.dtype, case.bitnet, device)
     flops = roofline.prefill_flops_by_dtype(row["prefill_flops_parts"], dtypes)
     row["prefill_flops_dtypes"] = flops_dtypes_text(flops)
     row.update(efficiency_columns(row, flops, ceilings))

@@ -10,9 +10,9 @@ calibration workload timed before and after every case.
   triangle (softmax attention over the prompt, gRet's products inside each chunk), SWA over the
   keys in the window, YOCO's early exit (the cross-decoder and the LM head for the last position
   only). Split by the dtype each part runs in (`prefill_flops_by_dtype`), so MFU is measured
-  against the ceiling of that dtype: the model's dtype, float32 for gRet's PyTorch chunk form
-  (its state and products are float32), int8 for packed BitNet layers on CUDA (the W2A8 kernel's
-  int8 dots; elsewhere they run as an exact float32 matmul).
+  against the ceiling of that dtype: the model's dtype, except gRet's chunk products off CUDA
+  (float32 there), and packed BitNet layers: int8 on CUDA (the W2A8 kernel's int8 dots),
+  elsewhere an exact float32 matmul.
 - decode bytes per step: the model's own count (`decode_bytes_per_step(batch, context)`),
   averaged over the contexts the timed steps run at.
 - calibration: a fixed fp32 matmul plus a fixed copy, sized from the case's axes only, so a
@@ -118,7 +118,9 @@ def prefill_flops_parts(config, arch: str, batch: int, seq_len: int) -> dict[str
     if arch == "yoco-gret":
         # q, k, v, g, o (d -> d) and the decay (d -> heads). Chunks of C: inside each, QK^T and
         # (QK^T * D) V over its causal lower triangle (4 d per pair); per token q S and its share
-        # k^T v of the state update (4 d d_h). Padding the last chunk adds nothing useful.
+        # k^T v of the state update (4 d d_h). Not counted: padding the last chunk, the upper
+        # triangles, and the grouped form's [n, n] product that combines chunk states (choices of
+        # an implementation: yoco.ops.retention's; fla's differ).
         C, dh = c.chunk_size, d // c.n_self_heads
         full, rest = divmod(N, C)
         pairs = full * _causal_pairs(C) + _causal_pairs(rest)
@@ -141,13 +143,13 @@ def _times(batch: int, **parts) -> dict[str, float]:
     return {k: float(batch * v) for k, v in parts.items()}
 
 
-def part_dtypes(dtype: str, bitnet: str, device: str, gret_form: str = "torch") -> dict[str, str]:
+def part_dtypes(dtype: str, bitnet: str, device: str) -> dict[str, str]:
     """The dtype each part of prefill_flops_parts runs in: the model's, except packed BitNet
-    layers (int8 dots on CUDA, an exact float32 matmul elsewhere) and gRet's PyTorch form
-    (float32; fla's kernels take the model's dtype)."""
+    layers (int8 dots on CUDA, an exact float32 matmul elsewhere) and gRet's chunk products off
+    CUDA (float32: yoco.ops.retention's default there; on CUDA both its chunk form and fla's
+    kernels multiply in the model's dtype, accumulating in float32)."""
     linear = dtype if bitnet == "none" else ("int8" if device == "cuda" else "float32")
-    return dict(linear=linear, lm_head=dtype, attention=dtype,
-                retention=dtype if gret_form == "fla" else "float32")
+    return dict(linear=linear, lm_head=dtype, attention=dtype, retention=dtype if device == "cuda" else "float32")
 
 
 def prefill_flops_by_dtype(parts: dict[str, float], dtypes: dict[str, str]) -> dict[str, float]:

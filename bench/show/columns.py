@@ -115,8 +115,8 @@ RESULTS: list[Column] = [
     # efficiency
     _c("prefill_flops", "FLOP", "useful matmul FLOPs of one prefill (2 per multiply-add; causal products as "
        "their lower triangle, gRet's chunks without padding, YOCO's early exit; bench.measure.roofline)"),
-    _c("prefill_flops_dtypes", "", "how prefill_flops split by the dtype they run in (the model's; float32 for "
-       "gRet's PyTorch chunk form; int8 for packed BitNet layers on CUDA)"),
+    _c("prefill_flops_dtypes", "", "how prefill_flops split by the dtype they run in: the model's, except gRet's "
+       "chunk products off CUDA (float32) and packed BitNet layers (int8 on CUDA, float32 elsewhere)"),
     _c("prefill_mfu", "fraction", "the time prefill_flops would take at this run's measured matmul rate of each "
        "part's dtype (env.json matmul_flops_s_by_dtype), over prefill_ms"),
     _c("prefill_mfu_peak", "fraction", "the same against the GPU's data-sheet peaks (bench.measure.peaks); empty "
