@@ -17,6 +17,7 @@ Grammar (the built-in suites in bench/suites/ use the same one as a user's own f
     arch = ["yoco-gret", "yoco-swa", "transformer"]
     preset = ["tiny"]
     seq_len = [128, 256]
+    decode_mode = ["graph"]          # eager (default) | graph (CUDA graph capture, CUDA only) | compile
 
     [[sweep]]                        # optional; each sweep overrides some axes of [axes]
     seq_len = [512]

@@ -215,7 +215,7 @@ def estimate_case_s(case, repeats: int, warmup: int, time_budget_s: float | None
         return fixed + prefill_s * 2 / config.n_layers, note
     if time_budget_s:
         repeats = max(1, min(repeats, int(time_budget_s // max(prefill_s, 1e-9))))
-    prefills = max(warmup - 1, 0) + 1 + repeats
+    prefills = max(1, warmup - 1) + 1 + repeats  # warm-up (>= 1 call), the memory pass, the timed ones
     decode_bytes = e["weight_bytes"] + e["kv_cache_bytes_formula"]  # an upper bound of a step's reads
     floor = DECODE_STEP_FLOOR_S.get(case.arch, 0.0) if case.decode_mode == "eager" else 0.0
     step_s = max(decode_bytes / (DECODE_FRACTION * COPY_BYTES_S), floor)
