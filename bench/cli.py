@@ -59,6 +59,9 @@ def build_parser() -> Parser:
     run.add_argument("--shard", default=None, help="I/N: run every N-th case starting at the I-th (1-based)")
     run.add_argument("--only", default=None, help="CASE_ID[,CASE_ID...]: run just these cases of the suite")
     run.add_argument("--repeats", type=int, default=None, help="timed repeats per phase (default: the suite's)")
+    run.add_argument("--case-timeout", type=float, default=None, metavar="S",
+                     help="kill a case process still running after S seconds and record status timeout "
+                          "(default: the suite's case_timeout_s, else no limit)")
     run.add_argument("--processes", type=int, default=None, metavar="N",
                      help="run each case in N separate processes, interleaved across cases; results.csv gets the "
                           "median of their medians with a 95%% confidence interval (6 or more for an interval; "
@@ -132,6 +135,10 @@ def cmd_run(args) -> int:
     repeats = args.repeats if args.repeats is not None else saved_env.get("repeats", suite.repeats)
     if repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {repeats}")
+    case_timeout = args.case_timeout if args.case_timeout is not None else saved_env.get(
+        "case_timeout_s", suite.case_timeout_s)
+    if case_timeout is not None and not case_timeout > 0:
+        raise UsageError(f"--case-timeout must be a number of seconds > 0, got {case_timeout}")
     processes = args.processes if args.processes is not None else saved_env.get("processes", 1)
     if processes < 1:
         raise UsageError(f"--processes must be >= 1, got {processes}")
@@ -163,7 +170,8 @@ def cmd_run(args) -> int:
         out = args.out or _default_out(suite.name, device)
         _check_writable(out)
     run = run_suite.RunSettings(device, repeats, threads, shard_text, only_text,
-                                tuple(args.arch_module or saved_env.get("arch_modules_cli") or ()), processes)
+                                tuple(args.arch_module or saved_env.get("arch_modules_cli") or ()), processes,
+                                case_timeout)
     return run_suite.execute(suite, cases, run, out, present, resumed=args.resume is not None)
 
 

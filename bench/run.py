@@ -38,6 +38,7 @@ class RunSettings:
     only: str | None
     arch_modules_cli: tuple[str, ...] = ()
     processes: int = 1  # separate processes per case (results: the median of their medians, with a CI)
+    case_timeout_s: float | None = None  # a case process still running after this is killed: status timeout
 
 
 def dry_run(suite, cases, device: str) -> int:
@@ -137,7 +138,7 @@ def run_one(case, process: int, suite, run: RunSettings, env: dict, out: Path, i
 
     def run_at(c, repeats):
         return runner.run_case(c, device, repeats, suite.warmup, env, inject, run.threads, suite.time_budget_s,
-                               suite.arch_modules, suite.memory_cap_bytes)
+                               suite.arch_modules, suite.memory_cap_bytes, run.case_timeout_s)
 
     if unusable:  # skipped here, with the reason: never run on a backend it did not ask for
         row, samples = dict(status="skipped", error=unusable), []
@@ -254,7 +255,8 @@ def environment(suite, run: RunSettings, machine: dict, present: dict, cases) ->
         matmul_flops_s=rates.get(main_dtype, math.nan), matmul_flops_s_dtype=main_dtype,
         matmul_flops_s_by_dtype=rates, datasheet=machine.get("datasheet", {}), repeats=run.repeats,
         warmup=suite.warmup, processes=run.processes,
-        time_budget_s=suite.time_budget_s, memory_cap_gb=suite.memory_cap_gb if device == "cuda" else None,
+        time_budget_s=suite.time_budget_s, case_timeout_s=run.case_timeout_s,
+        memory_cap_gb=suite.memory_cap_gb if device == "cuda" else None,
         shard=run.shard, only=run.only,
         threads_requested=run.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
         arch_modules=list(suite.arch_modules), arch_modules_cli=list(run.arch_modules_cli),

@@ -9,6 +9,7 @@ Grammar (the built-in suites in bench/suites/ use the same one as a user's own f
     warmup = 1
     threads = 1                      # optional: CPU threads per case (default: torch's, all cores)
     time_budget_s = 120              # optional: per phase; very long prompts get fewer repeats (>= 1)
+    case_timeout_s = 300             # optional: a case process still running after this is killed (status timeout)
     memory_cap_gb = 80               # optional: on CUDA each case's allocator may hold at most 80e9 bytes;
                                      # batch = "max" fits under it (default: the device's memory)
     arch_modules = ["my_archs"]      # optional: modules (or .py paths) that register archs (bench.archs)
@@ -54,8 +55,8 @@ AXIS_DEFAULTS = dict(arch="yoco-gret", preset="tiny", batch=1, seq_len=128, gen_
 # "compiled" as before this axis replaced the boolean `compile`.
 DECODE_MODES = {"eager": "eager", "graph": "graph", "compile": "compiled"}
 AXES = tuple(AXIS_DEFAULTS)
-SUITE_KEYS = ("description", "devices", "repeats", "warmup", "threads", "time_budget_s", "arch_modules",
-              "memory_cap_gb")
+SUITE_KEYS = ("description", "devices", "repeats", "warmup", "threads", "time_budget_s", "case_timeout_s",
+              "arch_modules", "memory_cap_gb")
 
 
 # batch = "max": the largest batch that fits under the suite's memory cap (bench.measure.max_batch).
@@ -106,6 +107,7 @@ class Suite:
     warmup: int = 1
     threads: int | None = None
     time_budget_s: float | None = None
+    case_timeout_s: float | None = None
     arch_modules: tuple[str, ...] = ()
     memory_cap_gb: float | None = None  # CUDA: a real per-process cap (bench.measure.trackers.cap_memory)
     text: str = field(default="", repr=False)
@@ -174,6 +176,10 @@ def parse_suite(text: str, path: Path, arch_modules=()) -> Suite:
     budget = meta.get("time_budget_s")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0):
         raise UsageError(f"{path}: [suite] time_budget_s must be a number > 0, got {budget!r}")
+    case_timeout = meta.get("case_timeout_s")
+    if case_timeout is not None and (isinstance(case_timeout, bool) or not isinstance(case_timeout, int | float)
+                                     or case_timeout <= 0):
+        raise UsageError(f"{path}: [suite] case_timeout_s must be a number of seconds > 0, got {case_timeout!r}")
     cap = meta.get("memory_cap_gb")
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0):
         raise UsageError(f"{path}: [suite] memory_cap_gb must be a number of GB (1e9 bytes) > 0, got {cap!r}")
@@ -195,6 +201,7 @@ def parse_suite(text: str, path: Path, arch_modules=()) -> Suite:
         raise UsageError(f"{path}: the suite expands to no cases")
     return Suite(name=path.stem, path=path, cases=list(cases.values()), description=meta.get("description", ""),
                  devices=devices, repeats=repeats, warmup=warmup, threads=threads, time_budget_s=budget,
+                 case_timeout_s=case_timeout,
                  arch_modules=modules, memory_cap_gb=cap, text=text)
 
 

@@ -382,3 +382,18 @@ def test_a_backend_that_cannot_run_here_skips_only_its_own_cases(tmp_path):
     assert by_backend["fla"]["status"] == "skipped" and "needs --device cuda" in by_backend["fla"]["error"]
     for name in ("torch", "auto"):
         assert by_backend[name]["status"] == "ok" and by_backend[name]["backend_used"] == "torch"
+
+
+def test_a_hung_case_is_killed_at_the_timeout_and_the_sweep_goes_on(tmp_path, mini_suite, monkeypatch):
+    cases = load_suite(str(mini_suite)).cases
+    monkeypatch.setenv(bench_run.INJECT_ENV, f"hang:{cases[0].case_id}")
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    assert cli.main(["run", "--suite", str(mini_suite), "--device", "cpu", "--only",
+                     f"{cases[0].case_id},{cases[1].case_id}", "--case-timeout", "8", "--out", str(out)]) == 0
+    assert time.perf_counter() - t0 < 120  # not the injected 600 s
+    by_id = {r["case_id"]: r for r in rows(out / "results.csv")}
+    assert by_id[cases[0].case_id]["status"] == "timeout" and "within 8 s" in by_id[cases[0].case_id]["error"]
+    assert by_id[cases[1].case_id]["status"] == "ok"
+    assert json.loads((out / "env.json").read_text())["case_timeout_s"] == 8
+    assert cli.main(["run", "--suite", str(mini_suite), "--case-timeout", "0", "--out", str(tmp_path / "x")]) == 2

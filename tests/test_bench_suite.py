@@ -127,6 +127,7 @@ def test_memory_cap_is_read_in_decimal_gigabytes():
     ("[suite]\nrepeats = 0\n", "repeats must be an integer >= 1"),
     ("[suite]\nmemory_cap_gb = 0\n", "> 0, got 0"),
     ("[suite]\nmemory_cap_gb = \"80GB\"\n", "memory_cap_gb must be a number"),
+    ("[suite]\ncase_timeout_s = -5\n", "case_timeout_s must be a number of seconds > 0, got -5"),
     ("[axes]\nseq_len = [128\n", "user.toml"),
 ])
 def test_bad_suites_are_usage_errors(text, message):

@@ -71,14 +71,20 @@ def _child(conn, fn, args, threads):
     conn.close()
 
 
-def run_isolated(fn, *args, threads: int | None = None):
-    """fn(*args) in a fresh fork of the server: ("ok", value), ("raised", text) or ("died",
-    exit code) when the process ended without answering (a signal, the OOM killer)."""
+def run_isolated(fn, *args, threads: int | None = None, timeout_s: float | None = None):
+    """fn(*args) in a fresh fork of the server: ("ok", value), ("raised", text), ("died", exit
+    code) when the process ended without answering (a signal, the OOM killer), or ("timeout",
+    seconds) when it gave no answer within timeout_s and was killed."""
     ctx = context()
     recv, send = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_child, args=(send, fn, args, threads), daemon=True)
     process.start()
     send.close()
+    if timeout_s is not None and not recv.poll(timeout_s):  # hung (or just too slow): stop it
+        process.kill()
+        process.join()
+        recv.close()
+        return ("timeout", timeout_s)
     try:
         answer = recv.recv()
     except EOFError:

@@ -134,12 +134,17 @@ def measure_case(case: Case, device: str, repeats: int, warmup: int, ceilings: d
 
 def run_case(case: Case, device: str, repeats: int, warmup: int, ceilings: dict, inject: str | None = None,
              threads: int | None = None, budget_s: float | None = None,
-             arch_modules: tuple[str, ...] = (), memory_cap_bytes: float | None = None) -> tuple[dict, list[dict]]:
-    """measure_case in its own process; a process that dies gets a row saying how."""
+             arch_modules: tuple[str, ...] = (), memory_cap_bytes: float | None = None,
+             timeout_s: float | None = None) -> tuple[dict, list[dict]]:
+    """measure_case in its own process; a process that dies, or runs past timeout_s and is
+    killed, gets a row saying how."""
     answer = run_isolated(measure_case, case, device, repeats, warmup, ceilings, inject, budget_s, arch_modules,
-                          memory_cap_bytes, threads=threads)
+                          memory_cap_bytes, threads=threads, timeout_s=timeout_s)
     if answer[0] == "ok":
         return answer[1]
+    if answer[0] == "timeout":
+        return dict(status="timeout", error=f"case process gave no result within {answer[1]:g} s (case_timeout_s) "
+                                            f"and was killed"), []
     if answer[0] == "raised":
         return dict(status="error", error=answer[1]), []
     code = answer[1]

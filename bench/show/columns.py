@@ -157,7 +157,7 @@ RESULTS: list[Column] = [
        "then the one measured"),
     _c("estimated_bytes", "B", "weights + cache estimated on the meta device before the case ran"),
     _c("elapsed_s", "s", "wall time of the whole case, process start to row"),
-    _c("status", "", "ok, oom, skipped or error"),
+    _c("status", "", "ok, oom, skipped, timeout (killed after the suite's case_timeout_s) or error"),
     _c("error", "", "why a case is not ok (one line)"),
 ]
 

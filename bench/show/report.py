@@ -22,7 +22,7 @@ SAMPLE_COLUMNS = columns.SAMPLE_NAMES
 PROCESSES_FILE = "processes.csv"
 PROCESS_COLUMNS = COLUMNS + ["process"]
 TIMING_METRICS = ["prefill_ms", "decode_ms_per_step"]
-STATUSES = ("ok", "oom", "skipped", "error")
+STATUSES = ("ok", "oom", "skipped", "timeout", "error")
 
 
 def _cell(v):
