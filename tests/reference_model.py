@@ -6,7 +6,7 @@ state_dict and its sizes from the config's plain fields. Everything is float64 a
 a time, as the formulas are written: the gRet state recurrence, softmax as a loop over keys,
 RMSNorm, SwiGLU and rotary spelled out. One sequence at a time (tests loop over the batch).
 
-    ref = ReferenceModel(model.state_dict(), model.config, arch="gret")   # or "swa", "transformer"
+    ref = ReferenceModel(model.state_dict(), model.config, arch="gret")   # or "swa", "transformer", ...
     logits = ref.forward(tokens)       # [T, V]: every position, a fresh sequence
     logits = ref.step(token)           # [V]: one more token of the current sequence
 
@@ -23,7 +23,7 @@ import math
 import torch
 
 F64 = torch.float64
-ARCHS = ("gret", "swa", "transformer")
+ARCHS = ("gret", "swa", "transformer", "transformer_swa")
 NUMERICS = ("llama", "unilm")
 NORM_EPS = {"llama": 1e-6, "unilm": 1e-5}
 
@@ -214,7 +214,8 @@ class Block:
 
 class ReferenceModel:
     """YOCO (arch "gret" or "swa": a self-decoder of n_layers // 2 layers, then the global K/V,
-    then n_layers - n_layers // 2 cross layers) or the baseline ("transformer"), token by token."""
+    then n_layers - n_layers // 2 cross layers), the baseline ("transformer") or the baseline with
+    every layer windowed ("transformer_swa", config.window), token by token."""
 
     def __init__(self, state_dict: dict, config, arch: str, numerics: str = "llama", eps: float | None = None):
         if arch not in ARCHS:
@@ -227,9 +228,10 @@ class ReferenceModel:
         """Start a new sequence: empty states and caches."""
         c, w, num = self.config, self.weights, self.num
         self.pos = 0
-        if self.arch == "transformer":
+        if self.arch.startswith("transformer"):
+            window = c.window if self.arch == "transformer_swa" else None
             self.layers = [Block(w.under(f"layers.{i}."), Attention(w.under(f"layers.{i}.mixer."), c.n_heads,
-                                                                    c.n_kv_heads, num), num)
+                                                                    c.n_kv_heads, num, window), num)
                            for i in range(c.n_layers)]
             return
         n_self = c.n_layers // 2
@@ -252,7 +254,7 @@ class ReferenceModel:
         x = w("embed.weight")[int(token)] * self.num.embed_scale
         for layer in self.layers:
             x = layer(x, pos)
-        if self.arch != "transformer":
+        if not self.arch.startswith("transformer"):
             # The residual stream entering the first cross layer is the self-decoder's output.
             self.shared.append(x, pos)
             for layer in self.cross:

@@ -1,13 +1,19 @@
-"""Every mixer, the global K/V and the whole models (both YOCOs, the baseline) against an
-independent float64 reference written from the formulas (tests/reference_model.py): full
-forward, prefill and decode, on weights far from their initial values (norm scales spread
+"""Every mixer, the global K/V and the whole models (both YOCOs, the baseline; both numerics)
+against an independent float64 reference written from the formulas (tests/reference_model.py):
+full forward, prefill and decode, on weights far from their initial values (norm scales spread
 over [0.25, 2.5] with some negative, wide gate and decay projections) so that a dropped norm,
 gate or 1/tau changes the output.
 
 Our models run in float64, but parts of them compute in float32 by design (rotary angles and
-rotation, the gRet state and its per-head norm, for the sake of bf16 models): a relative
-error of about 1e-6 is what that leaves, and TOL sits above it. Every planted formula bug
-tried (README's Development section) moves the output by more than 1e-2.
+rotation, the gRet state and its per-head norm, for the sake of bf16 models): that leaves a
+relative error of about 1e-6, and TOL sits above it.
+
+Bugs planted one at a time that these tests catch and the model, retention, attention and BitNet
+model tests (which pit cached inference against the full forward) all pass: gRet's decay without
+1/tau, its output gate without silu, its q without rotary, its k without d_h^-0.5 (prefill and
+decode alike); the global K/V without its RMSNorm, K without rotary, K/V heads paired with the
+wrong query heads; SwiGLU's silu on the wrong branch; rotary frequencies theta^(-i/D); unilm's
+pairs read as rotate-half; unilm's embeddings unscaled.
 """
 
 from types import SimpleNamespace
