@@ -287,3 +287,11 @@ def test_fla_backend_falls_back_to_the_reference_off_cuda():
     tokens = torch.randint(0, 512, (1, 20))
     with torch.no_grad():
         torch.testing.assert_close(fla(tokens), default(tokens), rtol=0, atol=0)
+
+
+def test_cross_attention_takes_all_queries_or_the_last():
+    model = build("gret")
+    layer = model.cross_layers[0].mixer
+    x, k = torch.randn(1, 2, 64), torch.randn(1, 2, 5, 16)
+    with pytest.raises(ValueError, match="cross-attention takes all 5 queries or the last one, got 2"):
+        layer(x, k, k, torch.arange(3, 5))
