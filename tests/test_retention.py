@@ -299,3 +299,30 @@ def test_chunk_memory_is_bounded_by_the_group_not_the_sequence():
 
     short, long = peak_above_io(512), peak_above_io(8192)
     assert long < 1.5 * short, (short, long)
+
+
+@pytest.mark.parametrize("chunk_size, group_tokens, chunks_per_group", [
+    (4, 8, [2, 2, 1]),  # 20 tokens in groups of 2 chunks, the last group short
+    (4, 3, [1] * 5),  # a group smaller than a chunk is one chunk
+    (4, 100, [5]),  # one group holds the whole prompt
+    (8, 20, [2, 1]),  # rounded down to whole chunks; the last chunk padded
+])
+def test_chunk_form_runs_groups_of_whole_chunks(monkeypatch, chunk_size, group_tokens, chunks_per_group):
+    """The loop runs once per group of group_tokens // chunk_size chunks (at least one), which is
+    what bounds its memory and length; the result is the recurrence's whatever the grouping."""
+    import yoco.ops.retention as retention
+
+    seen, within = [], retention._log_decay_between
+
+    def spy(log_decay):
+        if log_decay.dim() == 4:  # [B, H, n, C]: once per group, for its n chunks
+            seen.append(log_decay.shape[2])
+        return within(log_decay)
+
+    monkeypatch.setattr(retention, "_log_decay_between", spy)
+    (q, k, v, g), _ = random_inputs(1, 20, 2, 4, 3)
+    o, state = gated_retention(q, k, v, g, mode="chunk", chunk_size=chunk_size, group_tokens=group_tokens)
+    assert seen == chunks_per_group
+    o_ref, state_ref = gated_retention(q, k, v, g, mode="recurrent")
+    torch.testing.assert_close(o, o_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, state_ref, rtol=1e-5, atol=1e-5)
