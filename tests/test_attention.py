@@ -123,6 +123,31 @@ def test_prefix_causal_attention_over_a_cache_prefix_view():
         prefix_causal_attention(torch.randn(1, 4, 9, 16), k[:1, :, :8], v[:1, :, :8])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_decode_attention_at_3b_shapes_gets_a_fused_kernel():
+    """bf16, 24 query heads over 8 KV heads, d 128, a 4K cache with its validity mask: the folded
+    call gets a kernel that reads K and V as stored (not math), and equals the reference."""
+    from bench.measure.attention import sdpa_kernel
+
+    q = torch.randn(1, 24, 1, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 8, 4160, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    valid = torch.arange(4160, device="cuda") <= 4100
+    folded = sdpa_kernel(q.view(1, 8, 3, 128), k, v, attn_mask=valid[None, :])
+    assert folded in ("efficient", "cudnn", "flash"), folded
+    torch.testing.assert_close(cached_attention(q, k, v, valid), cached_attention_reference(q, k, v, valid),
+                               **TOL[torch.bfloat16])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_prefix_causal_attention(dtype):
+    """CUDA's path (torch's lower-right causal bias) against the explicit mask, grouped queries."""
+    q = torch.randn(2, 6, 64, 64, device="cuda", dtype=dtype)
+    k, v = (torch.randn(2, 2, 300, 64, device="cuda", dtype=dtype) for _ in range(2))
+    torch.testing.assert_close(prefix_causal_attention(q, k, v), prefix_causal_attention_reference(q, k, v),
+                               **TOL[dtype])
+
+
 def test_rope_scores_depend_only_on_distance():
     torch.manual_seed(0)
     q, k = torch.randn(1, 1, 1, 32), torch.randn(1, 1, 1, 32)

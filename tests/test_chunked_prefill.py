@@ -106,6 +106,30 @@ def test_chunked_prefill_runs_the_cross_decoder_once_on_the_last_position(arch):
     assert seen == [1] * len(model.cross_layers)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cuda_chunked_prefill_equals_one_chunk(arch):
+    """On CUDA in bf16 (FlexAttention for SWA past the window, the lower-right causal bias for the
+    baseline; fla's gRet kernels with backend="fla" where fla-core imports)."""
+    from yoco.backends import available
+
+    backends = ["torch"] + (["fla"] if arch == "gret" and available("fla") else [])
+    for backend in backends:
+        torch.manual_seed(0)
+        if arch == "transformer":
+            model = baselines.from_preset("tiny", device="cuda", dtype=torch.bfloat16, n_heads=6, n_kv_heads=2)
+        else:
+            model = yoco.from_preset("tiny", self_decoder=arch, device="cuda", dtype=torch.bfloat16, window=32,
+                                     n_heads=6, n_kv_heads=2, backend=backend)
+        model.eval()
+        tokens = torch.randint(0, 512, (2, 200), device="cuda")
+        plain, chunked = model.allocate_cache(2, 204), model.allocate_cache(2, 204)
+        assert_rel_close(model.prefill(tokens, chunked, chunk_size=48), model.prefill(tokens, plain), 5e-2,
+                         f"logits ({backend})")
+        for name, b in buffers(plain).items():
+            assert_rel_close(buffers(chunked)[name], b, 5e-2, f"{name} ({backend})")
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])
 def test_bad_chunk_size_is_refused_by_name(bad):
     model = build("gret")

@@ -175,6 +175,7 @@ def measure_prefill_memory(arch: str, preset: str, seq_len: int, chunk_size: int
     from bench.measure.trackers import PeakMemory, current_memory_bytes
     from yoco.config import PRESETS
 
+    _heap_follows_tensors()
     torch.manual_seed(0)
     overrides = {"max_seq_len": seq_len} if seq_len > PRESETS[preset]["max_seq_len"] else {}
     model = archs.get(arch).build(preset, device="cpu", dtype=DTYPES[dtype], window=window, **overrides).eval()
@@ -195,3 +196,16 @@ def measure_prefill_memory(arch: str, preset: str, seq_len: int, chunk_size: int
             model.prefill(tokens, cache, chunk_size=chunk_size)
         out["live_peak_bytes"] = tracker.peak
     return out
+
+
+def _heap_follows_tensors():
+    """glibc serves every allocation of 64 KiB or more from its own mapping and unmaps it when
+    freed (mallopt M_MMAP_THRESHOLD, fixed: by default the threshold climbs to 32 MiB as blocks are
+    freed, after which freed tensors stay in the heap and the resident set keeps the high-water of
+    its fragmentation, which grows with the number of chunks rather than with their size)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: RSS is an upper bound
+        pass
