@@ -65,6 +65,11 @@ def test_chunked_prefill_with_a_small_ring_and_gret_chunk(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_chunked_prefill_under_the_authors_numerics(arch):
+    compare_prefills(build(arch, numerics="unilm"), prompt_len=30, chunk_size=7)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_chunked_prefill_in_a_larger_cache_and_batch_of_one(arch):
     model = build(arch)
     tokens = torch.randint(0, 512, (1, 29))
