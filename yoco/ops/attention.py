@@ -37,9 +37,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch
     q [B, H, T, D] over k, v [B, H_kv, S, D].
 
     The H / H_kv query heads that share a key head are folded into the query length
-    ([B, H_kv, G*T, D] against K, V as stored), so no kernel needs grouped-query support: SDPA with
-    enable_gqa takes a mask only in kernels that copy K and V to H heads first (the math kernel on
-    CUDA), for every layer and step. With a per-key mask the rows stay independent, so the fold is exact.
+    ([B, H_kv, G*T, D] against K, V as stored), so no kernel needs grouped-query support: with a
+    mask and enable_gqa, SDPA can be left with kernels that copy K and V to H heads first (the math
+    kernel on CUDA where the memory-efficient one takes no GQA), for every layer and step. With a
+    per-key mask the rows stay independent, so the fold is exact.
     """
     B, H, T, D = q.shape
     H_kv = k.shape[1]
