@@ -18,7 +18,7 @@ import torch
 
 from yoco.cache import ModelCache
 from yoco.config import ModelConfig, transformer_config
-from yoco.lm import CausalLM
+from yoco.lm import CausalLM, chunks
 
 
 def available() -> bool:
@@ -116,14 +116,17 @@ class HFLlama(CausalLM):
     def _forward(self, tokens):
         return self.hf(input_ids=tokens, use_cache=False).logits
 
-    def _prefill(self, tokens, cache):
+    def _prefill(self, tokens, cache, chunk_size):
         # Writes from position 0: prefill() (or the timed loop, off the clock) has rewound the
         # cache with set_length(0); HF's reset() would also zero every key and value, work our
-        # models do not do (keys past the position are masked out).
-        extra = {}
-        if self._cache_position:
-            extra["cache_position"] = torch.arange(tokens.shape[1], device=tokens.device)
-        out = self.hf(input_ids=tokens, past_key_values=cache.static, use_cache=True, logits_to_keep=1, **extra)
+        # models do not do (keys past the position are masked out). Chunks are calls in a row
+        # over HF's static cache, as HF's own generate does: each call appends.
+        for start, end in chunks(tokens.shape[1], chunk_size):
+            extra = {}
+            if self._cache_position:
+                extra["cache_position"] = torch.arange(start, end, device=tokens.device)
+            out = self.hf(input_ids=tokens[:, start:end], past_key_values=cache.static, use_cache=True,
+                          logits_to_keep=1, **extra)
         return out.logits[:, -1]
 
     def _step(self, tokens, cache):

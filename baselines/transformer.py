@@ -10,7 +10,7 @@ from torch import nn
 from yoco.cache import KVCache, ModelCache
 from yoco.config import ModelConfig, transformer_config
 from yoco.layers import Block, CausalAttention, init_weights, make_norm
-from yoco.lm import CausalLM
+from yoco.lm import CausalLM, chunks
 from yoco.model import build
 
 
@@ -31,11 +31,13 @@ class Transformer(CausalLM):
             x = layer(x, positions)
         return self.lm_head(self.norm(x))
 
-    def _prefill(self, tokens, cache):
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self._embed(tokens)
-        for layer, layer_cache in zip(self.layers, cache.layers):
-            x = layer(x, positions, layer_cache)
+    def _prefill(self, tokens, cache, chunk_size):
+        # Chunk by chunk: each chunk's queries attend to the cache up to the chunk's end.
+        for start, end in chunks(tokens.shape[1], chunk_size):
+            positions = torch.arange(start, end, device=tokens.device)
+            x = self._embed(tokens[:, start:end])
+            for layer, layer_cache in zip(self.layers, cache.layers):
+                x = layer(x, positions, layer_cache, start)
         return self.lm_head(self.norm(x[:, -1]))
 
     def _step(self, tokens, cache):

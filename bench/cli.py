@@ -68,7 +68,8 @@ def build_parser() -> Parser:
                           "default 1)")
     run.add_argument("--threads", type=int, default=None,
                      help="CPU threads per case (default: the suite's, else torch's: all cores)")
-    run.add_argument("--dry-run", action="store_true", help="list cases with estimated weight and cache bytes")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list cases with estimated weight, cache and prefill-peak bytes")
     run.add_argument("--arch-module", action="append", default=[], metavar="MODULE",
                      help="a module (dotted name or .py path) that registers archs of your own (see "
                           "bench/archs.py); repeatable")

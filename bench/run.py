@@ -45,7 +45,7 @@ def dry_run(suite, cases, device: str) -> int:
     from bench.measure.runner import estimate
 
     print(f"suite {suite.name} ({suite.path}): {len(cases)} cases for {device}, {suite.repeats} repeats")
-    print(f"{'case_id':<72} {'params':>14} {'weights':>11} {'kv cache':>11}")
+    print(f"{'case_id':<72} {'params':>14} {'weights':>11} {'kv cache':>11} {'prefill peak':>12}")
     for case in cases:
         try:
             note = ""
@@ -60,13 +60,16 @@ def dry_run(suite, cases, device: str) -> int:
                 note = f"  (batch max: first try {first})"
             e = estimate(dataclasses.replace(case, batch=first) if note else case)
             print(f"{case.case_id:<72} {e['params']:>14,} {_size(e['weight_bytes']):>11} "
-                  f"{_size(e['kv_cache_bytes_formula']):>11}{note}")
+                  f"{_size(e['kv_cache_bytes_formula']):>11} {_size(e.get('estimated_peak_bytes', math.nan)):>12}"
+                  f"{note}")
         except Exception as err:  # an invalid combination: show it, list the rest
             print(f"{case.case_id:<72} cannot build: {err}")
     return 0
 
 
 def _size(n: float) -> str:
+    if math.isnan(n):
+        return "?"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"

@@ -22,6 +22,7 @@ Grammar (the built-in suites in bench/suites/ use the same one as a user's own f
 
     [[sweep]]                        # optional; each sweep overrides some axes of [axes]
     seq_len = [512]
+    prefill_chunk = ["none", 4096]   # prefill in chunks of 4096 tokens (default "none": the whole prompt)
     exclude = [{arch = "transformer"}]   # drop cases matching every key of one entry
 
 Without [[sweep]], [axes] is the one sweep. Axes not given take AXIS_DEFAULTS. Archs come from
@@ -49,7 +50,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
 
 AXIS_DEFAULTS = dict(arch="yoco-gret", preset="tiny", batch=1, seq_len=128, gen_len=16, window=64,
-                     bitnet="none", dtype="float32", backend="torch", decode_mode="eager")
+                     bitnet="none", dtype="float32", backend="torch", decode_mode="eager",
+                     prefill_chunk=None)
 # How the decode step runs (bench.measure.decoding): eager, graph (CUDA graph capture: the GPU
 # suites' choice) or compile (torch.compile). The word each puts in the case id: "eager" and
 # "compiled" as before this axis replaced the boolean `compile`.
@@ -79,14 +81,17 @@ class Case:
     dtype: str
     backend: str
     decode_mode: str
+    prefill_chunk: int | None = None  # prefill in chunks of this many tokens (None: the whole prompt at once)
 
     @property
     def case_id(self) -> str:
-        """Stable across machines and commits: built from the axis values only."""
+        """Stable across machines and commits: built from the axis values only (a chunked prefill
+        adds -cN at the end; unchunked cases keep the ids they had before the axis existed)."""
         window = f"w{self.window}" if self.window is not None else "wna"
         mode = DECODE_MODES[self.decode_mode]
+        chunk = f"-c{self.prefill_chunk}" if self.prefill_chunk is not None else ""
         return (f"{self.arch}-{self.preset}-b{self.batch}-s{self.seq_len}-g{self.gen_len}-{window}-"
-                f"{self.bitnet}-{self.dtype}-{self.backend}-{mode}")
+                f"{self.bitnet}-{self.dtype}-{self.backend}-{mode}{chunk}")
 
     @property
     def self_decoder(self) -> str | None:
@@ -216,6 +221,8 @@ def _expand(path: Path, axes: dict, excludes: list) -> list[Case]:
     for name in AXES:
         v = axes.get(name, AXIS_DEFAULTS[name])
         values[name] = [_validate(path, name, x) for x in (v if isinstance(v, list) else [v])]
+        if name == "prefill_chunk":
+            values[name] = [None if x == "none" else x for x in values[name]]
         if not values[name]:
             raise UsageError(f"{path}: axis {name!r} has no values")
     if MAX_BATCH in values["batch"] and len(values["batch"]) > 1:
@@ -238,6 +245,8 @@ def _expand(path: Path, axes: dict, excludes: list) -> list[Case]:
         arch = archs.get(point["arch"])
         if not arch.windowed:
             point["window"] = None
+        if point["prefill_chunk"] is not None and point["prefill_chunk"] >= point["seq_len"]:
+            point["prefill_chunk"] = None  # one chunk holds the prompt: the unchunked case
         if not arch.bitnet and point["bitnet"] != "none":
             continue
         cases.append(Case(**point))
@@ -246,7 +255,7 @@ def _expand(path: Path, axes: dict, excludes: list) -> list[Case]:
 
 def _matches(point: dict, exclude: dict) -> bool:
     for name, v in exclude.items():
-        allowed = v if isinstance(v, list) else [v]
+        allowed = [None if x == "none" and name == "prefill_chunk" else x for x in (v if isinstance(v, list) else [v])]
         if point[name] not in allowed:
             return False
     return True
@@ -282,6 +291,11 @@ def _validate(path: Path, name: str, value):
             raise UsageError(f"{path}: batch values must be integers >= 1 or \"{MAX_BATCH}\", got {value!r}")
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"{path}: {name} values must be integers >= 1, got {value!r}")
+    elif name == "prefill_chunk":
+        if value is not None and value != "none" and (isinstance(value, bool) or not isinstance(value, int)
+                                                        or value < 1):
+            raise UsageError(f"{path}: prefill_chunk values must be integers >= 1 (tokens per prefill chunk) "
+                             f"or \"none\" (the whole prompt at once), got {value!r}")
     return value
 
 

@@ -31,7 +31,9 @@ DEFAULT_SUITES = "gpu-decode,gpu-prefill,gpu-bitnet"
 
 @dataclasses.dataclass
 class Call:
-    call: str  # bench.measure.attention's description, e.g. "SDPA q 24x1 kv 8x4224 d128 bfloat16 mask(bool) gqa"
+    # bench.measure.attention's description, e.g. "SDPA q 8x3 kv 8x4224 d128 bfloat16 mask(bool)" (a decode
+    # step at 3b: the 3 query heads of each KV head folded into the query length)
+    call: str
     kernel: str  # what torch picked ("" for non-SDPA calls: FlexAttention, gRet)
     phase: str  # prefill or decode
     refusals: dict[str, list[str]] = dataclasses.field(default_factory=dict)

@@ -2,6 +2,7 @@
 data-sheet table, the CPU peak-memory tracker, calibration, a case end to end (fixed-context
 decode samples, one estimator), and process isolation. Nothing timed is asserted."""
 
+import dataclasses
 import math
 import os
 import signal
@@ -207,6 +208,35 @@ def test_a_case_too_big_for_memory_is_skipped_with_its_estimate(monkeypatch):
     row, samples = runner.measure_case(case, "cpu", 2, 1, {})
     assert row["status"] == "skipped" and "exceed" in row["error"] and samples == []
     assert row["estimated_bytes"] == row["weight_bytes"] + row["kv_cache_bytes_formula"] > 1000
+
+
+def test_skip_decision_counts_the_prefill_activations(monkeypatch):
+    """Weights + cache fit, weights + cache + one chunk's activations do not: skipped, with the
+    estimate in the error; with a smaller chunk the same case fits and runs chunked."""
+    whole = Case(arch="yoco-gret", preset="tiny", batch=2, seq_len=1024, gen_len=2, window=None, bitnet="none",
+                 dtype="float32", backend="torch", decode_mode="eager")
+    chunked = dataclasses.replace(whole, prefill_chunk=64)
+    e_whole, e_chunked = runner.estimate(whole), runner.estimate(chunked)
+    assert e_whole["estimated_bytes"] == e_chunked["estimated_bytes"]
+    assert e_chunked["estimated_activation_bytes"] * 4 < e_whole["estimated_activation_bytes"]
+    room = (e_chunked["estimated_peak_bytes"] + e_whole["estimated_peak_bytes"]) / 2
+    monkeypatch.setattr(runner, "device_memory_bytes", lambda device: room)
+    row, samples = runner.measure_case(whole, "cpu", 1, 0, {})
+    assert row["status"] == "skipped" and samples == []
+    assert f"estimated prefill peak {e_whole['estimated_peak_bytes'] / 2**30:.2f} GiB" in row["error"]
+    seen = []
+    real = runner.build_model
+
+    def spy(case, device):  # the timed loop calls prefill_step (check_prefill once, off the clock)
+        model = real(case, device)
+        prefill_step = model.prefill_step
+        model.prefill_step = lambda tokens, cache, **kw: (seen.append(kw), prefill_step(tokens, cache, **kw))[1]
+        return model
+
+    monkeypatch.setattr(runner, "build_model", spy)
+    row, samples = runner.measure_case(chunked, "cpu", 1, 0, {})
+    assert row["status"] == "ok", row["error"]
+    assert seen and all(kw == {"chunk_size": 64} for kw in seen)
 
 
 def test_memory_cap_is_cuda_only_and_bounds_the_fit_check(monkeypatch):

@@ -67,6 +67,34 @@ def test_graph_decode_needs_cuda():
     check_decode_modes_usable(suite.cases[:1], "cpu")
 
 
+def test_prefill_chunk_axis_adds_to_the_id_only_when_set():
+    suite = parse("""
+[axes]
+arch = ["yoco-gret", "transformer"]
+seq_len = [128, 4096]
+prefill_chunk = ["none", 1024]
+exclude = [{arch = "transformer", prefill_chunk = "none", seq_len = 4096}]
+""")
+    ids = sorted(c.case_id for c in suite.cases)
+    # a chunk of 1024 holds the whole 128-token prompt: that is the unchunked case, listed once
+    assert ids == sorted([
+        "yoco-gret-tiny-b1-s128-g16-wna-none-float32-torch-eager",
+        "yoco-gret-tiny-b1-s4096-g16-wna-none-float32-torch-eager",
+        "yoco-gret-tiny-b1-s4096-g16-wna-none-float32-torch-eager-c1024",
+        "transformer-tiny-b1-s128-g16-wna-none-float32-torch-eager",
+        "transformer-tiny-b1-s4096-g16-wna-none-float32-torch-eager-c1024",
+    ])
+    assert {c.prefill_chunk for c in suite.cases} == {None, 1024}
+    # unset, every id is what it was before the axis existed
+    assert all("-c" not in c.case_id for c in load_suite("default").cases)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "\"auto\"", "2.5", "true"])
+def test_bad_prefill_chunk_is_a_usage_error(value):
+    with pytest.raises(UsageError, match=r"prefill_chunk values must be integers >= 1 .* or \"none\""):
+        parse(f"[axes]\nprefill_chunk = [{value}]\n")
+
+
 def test_cartesian_product_excludes_and_window_only_for_swa():
     suite = parse("""
 [axes]

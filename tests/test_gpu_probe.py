@@ -48,7 +48,8 @@ def test_each_case_is_probed_at_its_real_attention_shapes():
     small = case.__class__(**{**case.axes(), "preset": "tiny", "seq_len": 40, "gen_len": 4, "dtype": "float32"})
     calls = {(c.phase, c.call): c for c in gpu_probe.probe_case(small, "cpu")}
     prefill = calls[("prefill", "SDPA q 4x40 kv 2x40 d16 float32 causal gqa")]
-    decode = calls[("decode", "SDPA q 4x1 kv 2x44 d16 float32 mask(bool) gqa")]  # the whole static cache
+    # the whole static cache, the 2 query heads of each KV head folded into the query length
+    decode = calls[("decode", "SDPA q 2x2 kv 2x44 d16 float32 mask(bool)")]
     assert prefill.kernel in ("flash", "math") and decode.kernel in ("flash", "math")
     assert set(decode.refusals) == {"flash", "efficient", "cudnn"}  # on CPU: "not on CUDA" for each
 

@@ -64,6 +64,20 @@ def test_logits_match_our_transformer(overrides):
 
 
 @needs_transformers
+def test_chunked_prefill_matches_one_chunk():
+    """hf-llama's prefill in chunks (calls in a row over HF's static cache) equals ours in one."""
+    torch.manual_seed(2)
+    ours = _randomized_transformer()
+    hf = hf_llama.from_transformer(ours)
+    tokens = torch.randint(0, 512, (2, 30))
+    caches = ours.allocate_cache(2, 40), hf.allocate_cache(2, 40)
+    expected = ours.prefill(tokens[:, :26], caches[0])
+    _close(hf.prefill(tokens[:, :26], caches[1], chunk_size=7), expected, msg="chunked prefill")
+    for i in range(26, 30):
+        _close(hf.decode(tokens[:, i], caches[1]), ours.decode(tokens[:, i], caches[0]), msg=f"decode at {i}")
+
+
+@needs_transformers
 def test_a_wrong_weight_mapping_is_caught():
     """The check above can fail: swapping the SwiGLU gate and up projections changes the logits."""
     torch.manual_seed(1)

@@ -21,11 +21,11 @@ class KVCache(nn.Module):
     def nbytes_for(batch_size, n_heads, length, head_dim, element_size) -> int:
         return 2 * batch_size * n_heads * length * head_dim * element_size
 
-    def fill(self, k: torch.Tensor, v: torch.Tensor):
-        """Prefill: keys and values of positions 0..T-1."""
+    def fill(self, k: torch.Tensor, v: torch.Tensor, start: int = 0):
+        """Prefill: keys and values of positions start..start+T-1 (a chunk; start = 0: the prompt)."""
         T = k.shape[2]
-        self.k[:, :, :T].copy_(k)
-        self.v[:, :, :T].copy_(v)
+        self.k[:, :, start:start + T].copy_(k)
+        self.v[:, :, start:start + T].copy_(v)
 
     def write(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Decode: one position (pos, a [1] tensor) in place."""
@@ -41,12 +41,19 @@ class RingKVCache(KVCache):
     """The last W keys and values of a sliding window: position p lives in slot p % W.
     Rotary is applied before caching, so the slot order does not matter to attention."""
 
-    def fill(self, k: torch.Tensor, v: torch.Tensor):
+    def fill(self, k: torch.Tensor, v: torch.Tensor, start: int = 0):
+        """Prefill: positions start..start+T-1; only the last W of them can still be seen."""
         T, W = k.shape[2], self.k.shape[2]
         n = min(T, W)
-        slots = torch.arange(T - n, T, device=k.device) % W
+        slots = torch.arange(start + T - n, start + T, device=k.device) % W
         self.k.index_copy_(2, slots, k[:, :, T - n:])
         self.v.index_copy_(2, slots, v[:, :, T - n:])
+
+    def window_before(self, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the keys and values of positions start-n..start-1, in position order (a
+        chunked prefill's view back into the window; n <= W)."""
+        slots = torch.arange(start - n, start, device=self.k.device) % self.k.shape[2]
+        return self.k.index_select(2, slots), self.v.index_select(2, slots)
 
     def write(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         super().write(pos % self.k.shape[2], k, v)

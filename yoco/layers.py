@@ -2,9 +2,10 @@
 pre-norm block, and the four token mixers (gated retention, sliding-window attention,
 cross-attention, causal attention).
 
-Each mixer has `forward(x, ...)` over a whole sequence (optionally filling its cache: prefill)
-and `step(x, ...)` for one token at the device position `pos`, which writes its cache in place
-and allocates no cache memory.
+Each mixer has `forward(x, ...)` over a whole sequence or, in a chunked prefill, over the chunk
+of positions start..start+T-1 (reading what earlier chunks left in its cache and filling it), and
+`step(x, ...)` for one token at the device position `pos`, which writes its cache in place and
+allocates no cache memory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from yoco.ops.attention import (
     cached_attention,
     causal_attention,
     flash_attention,
+    prefix_causal_attention,
     sliding_window_attention,
 )
 from yoco.ops.retention import gated_retention, gated_retention_step
@@ -114,15 +116,18 @@ class GatedRetention(nn.Module):
         o = F.rms_norm(o.float(), (self.head_dim,), eps=self.eps).to(x.dtype).flatten(-2)
         return self.wo(F.silu(self.wg(x)) * o)
 
-    def forward(self, x, positions, cache=None):
+    def forward(self, x, positions, cache=None, start=0):
+        """start > 0 (a later prefill chunk): the recurrence continues from the cache's state."""
         q, k, v, log_decay = self._project(x, positions)
         scale = self.head_dim**-0.5  # the paper scales k; o = q S is linear in k, so scaling q is the same
+        state0 = cache.state if cache is not None and start > 0 else None
         if self.use_fla and q.is_cuda:
             from yoco.ops.retention_fla import gated_retention_fla
 
-            o, state = gated_retention_fla(q, k, v, log_decay, scale=scale, mode="chunk")
+            o, state = gated_retention_fla(q, k, v, log_decay, scale=scale, initial_state=state0, mode="chunk")
         else:
-            o, state = gated_retention(q, k, v, log_decay, scale=scale, mode="chunk", chunk_size=self.chunk_size)
+            o, state = gated_retention(q, k, v, log_decay, scale=scale, initial_state=state0, mode="chunk",
+                                       chunk_size=self.chunk_size)
         if cache is not None:
             cache.state.copy_(state)
         return self._output(o, x)
@@ -152,18 +157,30 @@ class SlidingWindowAttention(nn.Module):
         return (apply_rope(q, cos, sin, self.rope).transpose(1, 2), apply_rope(k, cos, sin, self.rope).transpose(1, 2),
                 v.transpose(1, 2))
 
-    def forward(self, x, positions, cache=None):
+    def forward(self, x, positions, cache=None, start=0):
+        """start > 0 (a later prefill chunk): the chunk's queries also see the W-1 keys before it,
+        read from the ring before the chunk's own keys overwrite them."""
         q, k, v = self._project(x, positions)
+        T = q.shape[2]
+        k_all, v_all = k, v
+        if cache is not None and start > 0:
+            k_prev, v_prev = cache.window_before(start, min(self.window - 1, start))
+            k_all, v_all = torch.cat((k_prev, k), dim=2), torch.cat((v_prev, v), dim=2)
         if self.use_flash and q.is_cuda:
-            o = flash_attention(q, k, v, window=self.window)
-        elif q.is_cuda and q.shape[2] > self.window:  # T <= W is plain causal: SDPA's flash kernel
-            from yoco.ops.flex_attention import sliding_window_flex
-
-            o = sliding_window_flex(q, k, v, self.window)
+            o = flash_attention(q, k_all, v_all, window=self.window)  # bottom-right aligned
         else:
-            o = sliding_window_attention(q, k, v, self.window)
+            # The forms below take as many queries as keys: the earlier keys get placeholder
+            # queries (zeros; at most W-1 of them) whose outputs are dropped.
+            q_all = F.pad(q, (0, 0, k_all.shape[2] - T, 0))
+            if q.is_cuda and q_all.shape[2] > self.window:  # T <= W is plain causal: SDPA's flash kernel
+                from yoco.ops.flex_attention import sliding_window_flex
+
+                o = sliding_window_flex(q_all, k_all, v_all, self.window)
+            else:
+                o = sliding_window_attention(q_all, k_all, v_all, self.window)
+            o = o[:, :, -T:]
         if cache is not None:
-            cache.fill(k, v)
+            cache.fill(k, v, start)
         return self.wo(o.transpose(1, 2).flatten(-2))
 
     step = _attention_step
@@ -190,11 +207,19 @@ class CausalAttention(nn.Module):
         v = _heads(self.wv(x), self.n_kv_heads).transpose(1, 2)
         return q, k, v
 
-    def forward(self, x, positions, cache=None):
+    def forward(self, x, positions, cache=None, start=0):
+        """start > 0 (a later prefill chunk): the chunk's queries attend to the cache up to the
+        chunk's end (keys 0..start+T-1), with the chunk's own keys written there first."""
         q, k, v = self._project(x, positions)
         if cache is not None:
-            cache.fill(k, v)
-        o = flash_attention(q, k, v) if self.use_flash and q.is_cuda else causal_attention(q, k, v)
+            cache.fill(k, v, start)
+        if start > 0:
+            end = start + q.shape[2]
+            k, v = cache.k[:, :, :end], cache.v[:, :, :end]
+        if self.use_flash and q.is_cuda:
+            o = flash_attention(q, k, v)  # bottom-right aligned: query i sees keys 0..start+i
+        else:
+            o = prefix_causal_attention(q, k, v)  # plain causal attention when start = 0
         return self.wo(o.transpose(1, 2).flatten(-2))
 
     step = _attention_step

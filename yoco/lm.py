@@ -1,9 +1,10 @@
 """What YOCO and the baseline share: the public inference API and its input checks.
 
-A subclass provides `_forward(tokens)`, `_prefill(tokens, cache)`, `_step(tokens, cache)`
-(the one-token decode step: tensors only, no host sync, so it can be compiled or captured as a
-CUDA graph), `_new_cache(batch_size, max_seq_len)`, `kv_cache_bytes(batch_size, seq_len)` and
-`decode_bytes_per_step(batch_size, context)`.
+A subclass provides `_forward(tokens)`, `_prefill(tokens, cache, chunk_size)` (the prompt in
+chunks of chunk_size tokens, an int in 1..T, each chunk reading what the earlier ones left in
+the cache: `chunks(T, chunk_size)`), `_step(tokens, cache)` (the one-token decode step: tensors
+only, no host sync, so it can be compiled or captured as a CUDA graph), `_new_cache(batch_size,
+max_seq_len)`, `kv_cache_bytes(batch_size, seq_len)` and `decode_bytes_per_step(batch_size, context)`.
 """
 
 from __future__ import annotations
@@ -33,15 +34,20 @@ class CausalLM(nn.Module):
         return cache
 
     @torch.no_grad()
-    def prefill(self, tokens: torch.Tensor, cache: ModelCache) -> torch.Tensor:
+    def prefill(self, tokens: torch.Tensor, cache: ModelCache, chunk_size: int | None = None) -> torch.Tensor:
         """Start a new sequence: run the prompt [B, T], fill the cache from position 0, and
-        return the logits [B, V] for the position after the prompt."""
-        self.check_prefill(tokens, cache)
-        cache.set_length(0)
-        return self.prefill_step(tokens, cache)
+        return the logits [B, V] for the position after the prompt.
 
-    def check_prefill(self, tokens: torch.Tensor, cache: ModelCache):
+        chunk_size=C runs the prompt C tokens at a time (the last chunk may be shorter), each
+        chunk reading the cache the earlier ones filled, so activations are bounded by the chunk
+        whatever T is; the logits and the cache equal those of one chunk (None: the whole prompt)."""
+        self.check_prefill(tokens, cache, chunk_size)
+        cache.set_length(0)
+        return self.prefill_step(tokens, cache, chunk_size)
+
+    def check_prefill(self, tokens: torch.Tensor, cache: ModelCache, chunk_size: int | None = None):
         """prefill's input checks (they read the token ids back to the host: a sync on a GPU)."""
+        check_chunk_size(chunk_size)
         self._check_tokens(tokens, ndim=2)
         B, T = tokens.shape
         self._check_batch(B, cache)
@@ -49,12 +55,13 @@ class CausalLM(nn.Module):
             raise ValueError(f"prompt of {T} tokens exceeds the cache's max_seq_len={cache.max_seq_len}")
 
     @torch.no_grad()
-    def prefill_step(self, tokens: torch.Tensor, cache: ModelCache) -> torch.Tensor:
+    def prefill_step(self, tokens: torch.Tensor, cache: ModelCache, chunk_size: int | None = None) -> torch.Tensor:
         """`prefill` without the checks and without rewinding the cache to position 0: for timed
         loops, which call check_prefill once and cache.set_length(0) before each, off the clock.
         The work is the same for every model: the prompt's forward pass and the cache's fill."""
-        logits = self._prefill(tokens, cache)
-        cache.set_length(tokens.shape[1])
+        T = tokens.shape[1]
+        logits = self._prefill(tokens, cache, T if chunk_size is None else min(chunk_size, T))
+        cache.set_length(T)
         return logits
 
     @torch.no_grad()
@@ -169,3 +176,13 @@ class CausalLM(nn.Module):
         if batch_size != cache.batch_size:
             raise ValueError(f"batch of {batch_size} sequences does not match the cache's "
                              f"batch_size={cache.batch_size}")
+
+
+def check_chunk_size(chunk_size):
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None (the whole prompt at once) or an integer >= 1, got {chunk_size!r}")
+
+
+def chunks(length: int, chunk_size: int) -> list[tuple[int, int]]:
+    """(start, end) of each chunk of a prompt of `length` tokens: [0, C), [C, 2C), ..., the last one shorter."""
+    return [(start, min(start + chunk_size, length)) for start in range(0, length, chunk_size)]

@@ -18,7 +18,7 @@ from yoco.layers import (
     make_linear,
     make_norm,
 )
-from yoco.lm import CausalLM
+from yoco.lm import CausalLM, chunks
 from yoco.ops.rope import apply_rope, rope_angles
 
 
@@ -61,16 +61,20 @@ class YOCO(CausalLM):
             x = layer(x, k, v, positions)
         return self.lm_head(self.norm(x))
 
-    def _prefill(self, tokens, cache):
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self._embed(tokens)
-        for layer, layer_cache in zip(self.self_layers, cache.layers):
-            x = layer(x, positions, layer_cache)
-        k, v = self.global_kv(x, positions)
-        cache.shared.fill(k, v)
+    def _prefill(self, tokens, cache, chunk_size):
+        # The self-decoder and the global K, V chunk by chunk: each chunk's gRet state or SWA ring
+        # carries on from the last, its K, V go straight into the global cache.
+        T = tokens.shape[1]
+        for start, end in chunks(T, chunk_size):
+            positions = torch.arange(start, end, device=tokens.device)
+            x = self._embed(tokens[:, start:end])
+            for layer, layer_cache in zip(self.self_layers, cache.layers):
+                x = layer(x, positions, layer_cache, start)
+            cache.shared.fill(*self.global_kv(x, positions), start)
         # Early exit: only the last position's logits are wanted, so the cross-decoder runs on
         # that one query (over all keys): O(N) instead of O(N^2) per cross layer.
         x = x[:, -1:]
+        k, v = cache.shared.k[:, :, :T], cache.shared.v[:, :, :T]
         for layer in self.cross_layers:
             x = layer(x, k, v, positions[-1:])
         return self.lm_head(self.norm(x))[:, 0]

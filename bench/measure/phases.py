@@ -9,7 +9,8 @@
    prompt's end; one peak window around all of it, so a captured or compiled step's memory is
    seen while it is captured (a replay allocates nothing) and compares with eager's;
 5. calibration before (bench.measure.roofline.Calibration);
-6. `repeats` timed prefills, each from position 0 (the rewind and the input checks off the clock);
+6. `repeats` timed prefills, each from position 0 (the rewind and the input checks off the clock),
+   in chunks of prefill_chunk tokens where the case sets it;
 7. `repeats` timed decode samples at a FIXED context: each at least 50 ms of passes, a pass being
    gen_len greedy steps from the prompt's end (the rewind between passes off the clock); a
    sample's value is its time over its steps;
@@ -57,11 +58,13 @@ def _measure(case, device, repeats, warmup, ceilings, row, samples, budget_s, bu
     total = case.seq_len + case.gen_len
     cache = _cache_with_sizes(model, case.batch, total, device, row)
     tokens = torch.randint(0, model.config.vocab_size, (case.batch, case.seq_len), device=device)
-    model.check_prefill(tokens, cache)  # once, off the clock (it reads the ids back to the host)
+    # prefill_chunk is passed only when set: an arch of a user's may not take chunk_size
+    chunked = {} if case.prefill_chunk is None else {"chunk_size": case.prefill_chunk}
+    model.check_prefill(tokens, cache, **chunked)  # once, off the clock (it reads the ids back to the host)
     logits = {}
 
     def prefill():  # the timed work: the same for every model
-        logits["last"] = model.prefill_step(tokens, cache)
+        logits["last"] = model.prefill_step(tokens, cache, **chunked)
 
     def rewound_prefill():
         cache.set_length(0)

@@ -21,7 +21,7 @@ import traceback
 import torch
 
 from bench import archs
-from bench.measure import nvml, peaks, phases, roofline
+from bench.measure import footprint, nvml, peaks, phases, roofline
 from bench.measure.isolation import one_line, run_isolated
 from bench.measure.roofline import DTYPES
 from bench.measure.trackers import cap_memory, device_memory_bytes
@@ -48,19 +48,26 @@ def build_model(case: Case, device: str):
 
 def estimate(case: Case) -> dict:
     """Sizes from a model built on the meta device: no memory, no time. Built with the torch
-    backend (sizes do not depend on it), so a dry run lists cases whose backend is absent here."""
+    backend (sizes do not depend on it), so a dry run lists cases whose backend is absent here.
+    The prefill's peak adds one chunk's activations, from the case's prefill code run on the meta
+    device (bench.measure.footprint)."""
     # The cache key keeps only what the model depends on (max_seq_len grows past the preset's).
     # An optional peer is sized as its twin (hf-llama as our transformer): the same shapes, and
     # no transformers needed.
     length = max(case.seq_len + case.gen_len, PRESETS[case.preset]["max_seq_len"])
     arch = archs.get(case.arch).sized_as or case.arch
     key = dataclasses.replace(case, arch=arch, backend="torch", batch=1, seq_len=1, gen_len=length - 1,
-                              decode_mode="eager")
+                              decode_mode="eager", prefill_chunk=None)
     model, params, weight_bytes = _meta_model(key)
     cache = model.kv_cache_bytes(case.batch, case.seq_len + case.gen_len)
     parts = roofline.prefill_flops_parts(model.config, arch, case.batch, case.seq_len)
-    return dict(params=params, weight_bytes=weight_bytes, kv_cache_bytes_formula=cache,
-                estimated_bytes=weight_bytes + cache, prefill_flops=sum(parts.values()), prefill_flops_parts=parts)
+    out = dict(params=params, weight_bytes=weight_bytes, kv_cache_bytes_formula=cache,
+               estimated_bytes=weight_bytes + cache, prefill_flops=sum(parts.values()), prefill_flops_parts=parts)
+    activations = footprint.case_activation_bytes(case)  # NaN where the arch's code cannot run on meta
+    out["estimated_activation_bytes"] = activations
+    if not math.isnan(activations):  # else no prefill-peak estimate: weights + cache decide alone
+        out["estimated_peak_bytes"] = weight_bytes + cache + activations
+    return out
 
 
 @functools.lru_cache(maxsize=32)
@@ -108,9 +115,13 @@ def measure_case(case: Case, device: str, repeats: int, warmup: int, ceilings: d
         where = f"available on {device}"
         if cap is not None and cap < available:
             available, where = cap, f"of this case's memory cap ({cap / 1e9:g} GB)"
-        if row["estimated_bytes"] > available:
-            row.update(status="skipped", error=f"estimated weights + cache {row['estimated_bytes'] / 2**30:.2f} GiB "
-                                               f"exceed the {available / 2**30:.2f} GiB {where}")
+        need = row.get("estimated_peak_bytes", row["estimated_bytes"])
+        if need > available:
+            gib = 2**30
+            what = (f"estimated prefill peak {need / gib:.2f} GiB (weights + cache {row['estimated_bytes'] / gib:.2f}"
+                    f" GiB, activations {row['estimated_activation_bytes'] / gib:.2f} GiB) exceeds"
+                    if "estimated_peak_bytes" in row else f"estimated weights + cache {need / gib:.2f} GiB exceed")
+            row.update(status="skipped", error=f"{what} the {available / 2**30:.2f} GiB {where}")
             return row, samples
         if inject == "oom":
             raise OOM_ERRORS[0]("injected out-of-memory error (YOCO_BENCH_INJECT)")

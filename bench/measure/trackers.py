@@ -7,7 +7,8 @@ thread for its peak (bench.measure.nvml). On CPU the peak resident set size (VmH
 case's own process, reset before each phase by writing "5" to /proc/self/clear_refs (Linux),
 after glibc's malloc_trim hands freed heap back. The CPU figure is the whole process: Python,
 torch's libraries, weights, cache and activations; rows also carry the process's RSS before the
-model was built. Timing lives in bench.measure.timing.
+model was built. Timing lives in bench.measure.timing. `LiveTensorBytes` counts the tensor
+memory the work allocates, on any device (torch's own accounting, for tests and estimates).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from __future__ import annotations
 import ctypes
 import math
 import re
+import weakref
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from bench.measure import nvml
 
@@ -121,6 +125,46 @@ def _nanmax(a: float, b: float) -> float:
     if math.isnan(b):
         return a
     return max(a, float(b))
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Torch's own accounting of tensor memory, on any device (meta included): inside
+    `with LiveTensorBytes() as live:`, every storage an op allocates counts from its creation
+    until it is freed; `live.peak` is the most held at once (bytes). Storages that existed before
+    (weights, caches) and views or in-place results of them are not counted, so the peak is what
+    the work inside allocated on top. Kernels' private workspaces (freed before the op returns)
+    are not seen. Deterministic: no malloc or page effects, unlike the process's RSS."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._tracked: dict[int, weakref.finalize] = {}
+
+    def _free(self, key: int, nbytes: int):
+        self.live -= nbytes
+        self._tracked.pop(key, None)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = storage._cdata
+            if key in inputs or key in self._tracked:  # a view, an in-place result, or counted already
+                continue
+            nbytes = storage.nbytes()
+            self._tracked[key] = weakref.finalize(storage, self._free, key, nbytes)
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+        return out
+
+    def __exit__(self, *exc):
+        for fin in list(self._tracked.values()):  # storages still alive stay uncounted from here on
+            fin.detach()
+        self._tracked.clear()
+        return super().__exit__(*exc)
 
 
 def cap_memory(device: str, cap_bytes: float | None) -> float | None:

@@ -44,6 +44,8 @@ RESULTS: list[Column] = [
     _c("decode_mode", "", "how the decode step ran: eager (model.decode_step), graph (the eager step captured once "
        "as a CUDA graph and replayed, yoco.graphs; CUDA only) or compile (torch.compile via compile_decode: "
        "reduce-overhead, i.e. CUDA graphs, on CUDA)"),
+    _c("prefill_chunk", "tokens", "prefill in chunks of this many tokens, each over the cache the earlier ones "
+       "filled (model.prefill(..., chunk_size)); empty: the whole prompt at once"),
     _c("attention_kernels", "", "each distinct attention call of the warm-up and memory pass with the kernel it "
        "got and its count: SDPA (query heads x length, key/value heads x length, head width, dtype, causal, mask, "
        "gqa: flash, efficient, cudnn or math, as torch picked), FlexAttention, and the gated-retention form (fla "
@@ -156,6 +158,12 @@ RESULTS: list[Column] = [
     _c("max_batch_search", "", "batch = \"max\" only: the batches tried and whether each fitted under the cap, "
        "then the one measured"),
     _c("estimated_bytes", "B", "weights + cache estimated on the meta device before the case ran"),
+    _c("estimated_activation_bytes", "B", "tensor memory one prefill allocates at once on top of weights and "
+       "cache (one chunk's activations), from the case's prefill run on the meta device with a fused attention "
+       "kernel's allocations (bench.measure.footprint)"),
+    _c("estimated_peak_bytes", "B", "the prefill's estimated peak, estimated_bytes + estimated_activation_bytes "
+       "(empty where the arch's code does not run on the meta device): a case whose estimate exceeds the memory "
+       "available (or its cap) is skipped before it runs, and batch = \"max\" starts its search from it"),
     _c("elapsed_s", "s", "wall time of the whole case, process start to row"),
     _c("status", "", "ok, oom, skipped, timeout (killed after the suite's case_timeout_s) or error"),
     _c("error", "", "why a case is not ok (one line)"),
