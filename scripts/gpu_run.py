@@ -125,7 +125,7 @@ class Stopped(Exception):
 # ---- the plumbing mode: the same sections at tiny size on a CPU ----
 
 def shrink_suite(text: str) -> str:
-    """A section's suite at CPU-test size: preset tiny, float32, lengths / 512 (at least 32),
+    """A section's suite at CPU-test size: preset tiny, float32, lengths and prefill chunks / 512 (at least 32),
     the window / 16, at most 4 decode steps, eager decode, 2 repeats, one thread. For checking this script's
     plumbing without a GPU: its figures are CPU figures and check_targets counts none of them."""
     from bench.suite import tomllib
@@ -136,6 +136,7 @@ def shrink_suite(text: str) -> str:
                 description="plumbing check at tiny size (scripts/gpu_run.py --device cpu): " + meta.get(
                     "description", ""))
     fix = dict(preset=lambda v: "tiny", dtype=lambda v: "float32", seq_len=lambda v: max(32, v // 512),
+               prefill_chunk=lambda v: max(32, v // 512) if isinstance(v, int) else v,
                window=lambda v: max(16, v // 16), gen_len=lambda v: min(v, 4),
                decode_mode=lambda v: "eager" if v == "graph" else v)  # CUDA graphs: CUDA only
     tables = [data.get("axes", {})] + data.get("sweep", [])

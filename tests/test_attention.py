@@ -138,6 +138,7 @@ def test_cuda_decode_attention_at_3b_shapes_gets_a_fused_kernel():
                                **TOL[torch.bfloat16])
 
 
+@pytest.mark.gpu_smoke
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_prefix_causal_attention(dtype):

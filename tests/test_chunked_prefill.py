@@ -111,6 +111,7 @@ def test_chunked_prefill_runs_the_cross_decoder_once_on_the_last_position(arch):
     assert seen == [1] * len(model.cross_layers)
 
 
+@pytest.mark.gpu_smoke
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("arch", ARCHS)
 def test_cuda_chunked_prefill_equals_one_chunk(arch):
