@@ -70,7 +70,8 @@ PREFILL_FRACTION = {"transformer": 0.45, "hf-llama": 0.4, "yoco-swa": 0.3, "yoco
 GRET_TORCH_FRACTION = 0.08  # the PyTorch chunk form (elementwise-heavy) when fla-core is absent
 DECODE_FRACTION = 0.6
 DECODE_STEP_FLOOR_S = {"hf-llama": 0.010}  # eager HF: launch-bound (decode_mode graph: one replay per step)
-SECTION_START_S = 12  # python -m bench run: imports, the case server, copy and matmul rates, plots at the end
+SECTION_START_S = 20  # python -m bench run: imports, the case server, copy and matmul rates, plots at the end
+# (18-27 s on the H200: a section's time outside its cases' elapsed_s, results/reference/h200)
 CASE_START_S = 4  # fork, CUDA context, meta estimate, building the model on the GPU, calibration
 HF_IMPORT_S = 4  # transformers, in the case process
 GRAPH_CAPTURE_S = 2
@@ -96,16 +97,16 @@ class Section:
 
 
 SECTIONS = [
-    Section("smoke", 75, "GPU smoke tests (pytest -m gpu_smoke): each CUDA fast path against its reference"),
-    Section("decode", 65, "decode at a 4K context, 3b, bf16, batch 1: transformer, hf-llama, yoco-gret, yoco-swa "
+    Section("smoke", 60, "GPU smoke tests (pytest -m gpu_smoke): each CUDA fast path against its reference"),
+    Section("decode", 80, "decode at a 4K context, 3b, bf16, batch 1: transformer, hf-llama, yoco-gret, yoco-swa "
             "(MBU; ours against hf-llama)", "gpu-decode"),
-    Section("prefill", 100, "prefill at 8K and 32K, 3b, bf16: the same four archs (MFU; ours against hf-llama)",
+    Section("prefill", 95, "prefill at 8K and 32K, 3b, bf16: the same four archs (MFU; ours against hf-llama)",
             "gpu-prefill"),
     Section("long", 120, "long prompts, 3b, under an 80 GB cap: both YOCOs 128K-1M (with section 2's 32K), the "
             "baseline until it stops fitting (growth exponent; the 1M memory figure)", "gpu-long"),
-    Section("bitnet", 65, "BitNet: packed W2A8 kernel against bf16 F.linear at M = 1, K = N = 4096 and 8192; one "
+    Section("bitnet", 75, "BitNet: packed W2A8 kernel against bf16 F.linear at M = 1, K = N = 4096 and 8192; one "
             "packed 1.58-bit decode case at 3b", "gpu-bitnet"),
-    Section("probe", 25, "which SDPA kernel each attention call of sections decode, prefill and bitnet gets, and "
+    Section("probe", 20, "which SDPA kernel each attention call of sections decode, prefill and bitnet gets, and "
             "why the others refused (scripts/gpu_probe.py)"),
     Section("tests", 300, "the whole python -m pytest (CUDA tests included)", default=False),
 ]
@@ -388,14 +389,14 @@ class Run:
 
     # -- running commands --
 
-    def run_command(self, cmd: list[str], log: Path, limit_s: float) -> int | str:
+    def run_command(self, cmd: list[str], log: Path, limit_s: float, extra_env: dict | None = None) -> int | str:
         """cmd in its own process group for at most limit_s: its exit code, or "timeout" (the
         whole group stopped, the harness's case processes included, so none keeps the GPU)."""
         if limit_s <= 0:
             return "timeout"
         self.log(f"$ {' '.join(cmd)}  (at most {limit_s:.0f} s) > {log.relative_to(self.work)}")
         with open(log, "a") as f:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=f, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(cmd, cwd=REPO, env={**self.env, **(extra_env or {})}, stdout=f, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=_die_with_parent)
             try:
                 _SIGNALS["armed"] = True
@@ -486,14 +487,19 @@ class Run:
             outcome.state, outcome.why = "skipped", "--no-smoke"
             return
         xml = self.work / "smoke.xml"
-        rc = self.run_command([self.python, "-m", "pytest", *smoke_files(), "-m", "gpu_smoke", "-q", "-rs", "-p",
-                               "no:cacheprovider", f"--junitxml={xml}"], self.logs / "smoke.log", limit)
+        # -v names each test as it passes, so a cut run still says how far it got; one Triton
+        # config per kernel (tests/conftest.py): the smoke checks results, autotuning is for timing.
+        rc = self.run_command([self.python, "-m", "pytest", *smoke_files(), "-m", "gpu_smoke", "-v", "-rs", "-p",
+                               "no:cacheprovider", "--durations=10", f"--junitxml={xml}"], self.logs / "smoke.log",
+                              limit, extra_env={"YOCO_TEST_FIRST_TRITON_CONFIG": "1"})
         summary = _last_line(self.logs / "smoke.log")
         if rc == 0:
             outcome.state, outcome.why = "complete", summary
         elif rc == "timeout":
             outcome.state = "CUT"
-            outcome.why = f"did not finish in {limit:.0f} s: no verdict, the run goes on (logs/smoke.log)"
+            passed = (self.logs / "smoke.log").read_text(errors="replace").count(" PASSED")
+            outcome.why = (f"did not finish in {limit:.0f} s ({passed} passed before the cut): no verdict, "
+                           f"the run goes on (logs/smoke.log)")
         else:
             failed = _failed_tests(xml)
             outcome.state = "FAILED"

@@ -25,6 +25,13 @@ if not CUDA:
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
+if CUDA and os.environ.get("YOCO_TEST_FIRST_TRITON_CONFIG") == "1":
+    # The GPU run's smoke set checks results, not speed: one compile per kernel instead of a
+    # whole autotune (on the H200 the autotunes alone outlasted the smoke's 75 s).
+    from triton.runtime import autotuner
+
+    autotuner.Autotuner.prune_configs = lambda self, kwargs: self.configs[:1]
+
 DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
 
 
