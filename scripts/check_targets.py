@@ -249,7 +249,8 @@ def packed_kernel(bitlinear_json: Path | None) -> list[Result]:
     if bitlinear_json is None or not bitlinear_json.is_file():
         return [Result(name, scope, NOT_MEASURED, "-", "no microbenchmark JSON (--bitlinear-json)")]
     if bitlinear_json.stat().st_size == 0:  # pytest-benchmark writes it at the end: the run was cut before
-        return [Result(name, scope, NOT_MEASURED, "-", f"{bitlinear_json} is empty (the microbenchmark did not finish)")]
+        why = f"{bitlinear_json} is empty (the microbenchmark did not finish)"
+        return [Result(name, scope, NOT_MEASURED, "-", why)]
     try:
         benchmarks = json.loads(bitlinear_json.read_text()).get("benchmarks", [])
     except json.JSONDecodeError as e:

@@ -396,8 +396,8 @@ class Run:
             return "timeout"
         self.log(f"$ {' '.join(cmd)}  (at most {limit_s:.0f} s) > {log.relative_to(self.work)}")
         with open(log, "a") as f:
-            proc = subprocess.Popen(cmd, cwd=REPO, env={**self.env, **(extra_env or {})}, stdout=f, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(cmd, cwd=REPO, env={**self.env, **(extra_env or {})}, stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
             try:
                 _SIGNALS["armed"] = True
                 if _SIGNALS["pending"]:
