@@ -26,6 +26,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,7 @@ def main(argv=None) -> int:
         p.error(f"the checkout has uncommitted changes: the campaign measures HEAD; commit or stash first\n{dirty}")
     head = git("rev-parse", "HEAD").strip()
     args.out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # worktrees still removed
     scratch = Path(tempfile.mkdtemp(prefix="gate-campaign-"))
     trees = {}
     try:

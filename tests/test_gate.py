@@ -326,30 +326,41 @@ def test_ci_compares_with_the_merge_base_of_main(repo):
 
 
 class StubModel:
-    """A model whose decode step busy-waits a known time and records how long it took."""
+    """A model whose decode step busy-waits a known CPU time and records how long it took."""
 
     def __init__(self, seconds=0.002):
         self.seconds, self.took = seconds, []
 
     def decode_step(self, token, cache):
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < self.seconds:
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < self.seconds:
             pass
-        self.took.append(time.perf_counter() - t0)
+        self.took.append(time.thread_time() - t0)
         return token + 1
 
 
-def test_slow_decode_hook_adds_work_proportional_to_the_step(monkeypatch):
+@pytest.fixture
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_slow_decode_hook_adds_work_proportional_to_the_step(monkeypatch, one_thread):
     from bench.measure import runner
 
     case = "yoco-swa-tiny-b1-s512-g36-w64-none-float32-torch-eager"
     monkeypatch.setenv(runner.SLOW_DECODE_ENV, f"{case}:1.5")
     model = runner.slow_decode_for_test(StubModel(), case, "cpu")
     for _ in range(5):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         assert model.decode_step(1, None) == 2  # the step's own result
-        total = time.perf_counter() - t0
-        assert total >= 1.5 * model.took[-1]  # at least FACTOR times the step's own time
+        total = time.thread_time() - t0
+        assert total >= 1.5 * model.took[-1]  # at least FACTOR times the step's own CPU time
+        assert total < 1.5 * model.took[-1] + 0.001
     other = StubModel()
     assert runner.slow_decode_for_test(other, "transformer-tiny", "cpu").decode_step.__func__ is \
         StubModel.decode_step

@@ -63,6 +63,8 @@ def build_model(case: Case, device: str):
 # decode step FACTOR times as slow by busy work inside the step, proportional to the step's own
 # time (so it carries the step's noise). Read at model build from the environment, or from
 # TEST_SLOW_DECODE, which scripts/gate_campaign.py sets in a scratch commit (a real code change).
+# The work is measured in this thread's CPU time when torch computes on this thread alone: on a
+# busy machine, wall time would also count the waits and add more than FACTOR's share of work.
 SLOW_DECODE_ENV = "BENCH_TEST_SLOW_DECODE"
 TEST_SLOW_DECODE = ""
 
@@ -82,14 +84,15 @@ def slow_decode_for_test(model, case_id: str, device: str):
     if target != case_id:
         return model
     step = model.decode_step
+    clock = time.thread_time if device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
 
     def slowed_step(*args, **kwargs):
-        t0 = time.perf_counter()
+        t0 = clock()
         out = step(*args, **kwargs)
         if device == "cuda":
             torch.cuda.synchronize()
-        deadline = t0 + factor * (time.perf_counter() - t0)
-        while time.perf_counter() < deadline:
+        deadline = t0 + factor * (clock() - t0)
+        while clock() < deadline:
             pass
         return out
 
