@@ -586,3 +586,12 @@ def test_wrong_schema_and_bad_paths(tmp_path, capsys):
     expect_unusable(capsys, base, dup, "appears more than once")
     (r).write_text("")
     expect_unusable(capsys, base, dup, "empty file")
+
+
+def test_a_noise_file_must_match_the_timing_source(tmp_path, capsys):
+    base = write_side(tmp_path / "base", seed=0)
+    noise = tmp_path / "noise.json"
+    noise.write_text(json.dumps({"source": "normalized", "spread": {}}))
+    assert run_cli(base, base, "--noise-file", noise) == 2
+    assert "measured on normalized timings, but timings are judged raw" in capsys.readouterr().err
+    assert run_cli(base, base, "--noise-file", noise, "--timing-source", "normalized") == 0

@@ -251,14 +251,19 @@ def check_same_setup(base: list[Run], new: list[Run], allow_mismatch: bool) -> l
     return [f"warning: {p}" for p in problems]
 
 
-def load_noise(path: Path) -> dict[str, float]:
-    """A stored A/A calibration (scripts/gate_noise.py --write): {"spread": {"CASE/METRIC": x}}."""
+def load_noise(path: Path, timing_source: str = TIMING_SOURCE) -> dict[str, float]:
+    """A stored A/A calibration (scripts/gate_noise.py --write): {"source": "raw", "spread":
+    {"CASE/METRIC": relative spread between runs}}, measured on the timings judged."""
     try:
         data = json.loads(Path(path).read_text())
         spread = {str(k): float(v) for k, v in data["spread"].items()}
+        source = data.get("source", timing_source)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UnusableInput(f"{path}: not an A/A calibration ({type(e).__name__}: {e}); expected "
                             f'{{"spread": {{"CASE_ID/METRIC": relative spread}}}} from scripts/gate_noise.py') from None
+    if source != timing_source:
+        raise UnusableInput(f"{path}: measured on {source} timings, but timings are judged {timing_source} "
+                            f"(--timing-source)")
     bad = [k for k, v in spread.items() if not (math.isfinite(v) and v >= 0)]
     if bad:
         raise UnusableInput(f"{path}: spread of {bad[0]} is {spread[bad[0]]}: must be a number >= 0")
@@ -754,7 +759,7 @@ def add_options(parser: argparse.ArgumentParser):
 
 
 def options_from(args) -> Options:
-    noise = load_noise(args.noise_file) if getattr(args, "noise_file", None) else None
+    noise = load_noise(args.noise_file, args.timing_source) if getattr(args, "noise_file", None) else None
     return Options(alpha=args.alpha, max_slowdown=args.max_slowdown, metrics=args.metrics,
                    allow_mismatch=args.allow_mismatch, timing_source=args.timing_source,
                    fail_likely=args.fail_likely, noise=noise)
