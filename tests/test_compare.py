@@ -435,16 +435,19 @@ def test_table_fits_120_columns_in_human_units(tmp_path, capsys):
 
 def test_only_what_changed_by_default_everything_with_all(tmp_path, capsys):
     base = write_side(tmp_path / "base", seed=0)
-    new = write_side(tmp_path / "new", seed=1, scale={(CASES[0], "prefill_ms"): 1.3})
+    new = write_side(tmp_path / "new", seed=1, scale={(CASES[2], "prefill_ms"): 1.3, (CASES[1], "prefill_ms"): 0.7})
     run_cli(base, new)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"{CASES[0]}  (and 6 unchanged)"
+    # the worst case first, then the improved one, then one line for the unchanged one
+    assert lines[0] == f"{CASES[2]}  (and 6 unchanged)"
     assert lines[1].startswith("  prefill_ms              regressed")
-    assert [CASES[1], "7", "unchanged"] in [line.split() for line in lines]
-    assert [CASES[2], "7", "unchanged"] in [line.split() for line in lines]
+    assert lines[2] == f"{CASES[1]}  (and 6 unchanged)"
+    assert lines[3].startswith("  prefill_ms              improved")
+    assert lines[4].split() == [CASES[0], "7", "unchanged"]
     run_cli(base, new, "--all")
     out = capsys.readouterr().out
     assert out.count("  decode_ms_per_step      unchanged") == len(CASES)
+    assert out.splitlines()[0] == CASES[2]
 
 
 def test_human_units():

@@ -289,8 +289,7 @@ def compare_runs(base: list[Run], new: list[Run], options: Options | None = None
     for case_id in case_ids:
         lost = lost_in(new, case_id)
         if case_id not in base_ok:
-            if case_id in new_ok and not lost:
-                rows.append(Row(case_id, "-", "new", note="only in NEW"))
+            rows.append(Row(case_id, "-", "new", note="only in NEW" + (f"; {lost}" if lost else "")))
             continue
         if lost:
             rows.append(Row(case_id, "-", "missing", note=f"coverage lost: {lost}"))
@@ -556,23 +555,18 @@ def metric_label(metric: str) -> str:
     return f"{metric}*" if metric in METRICS and METRICS[metric].kind == "memory" else metric
 
 
-def sorted_rows(comparison: Comparison) -> list[Row]:
-    rank = {s: i for i, s in enumerate(STATUS_ORDER)}
-    return sorted(comparison.rows, key=lambda r: rank.get(r.status, len(rank)))
-
-
 def grouped(comparison: Comparison, show_all: bool) -> list[tuple[str, list[Row], dict[str, int]]]:
     """Per case, worst case first: the rows to show and the counts of those left quiet."""
-    order = {r.case_id: i for i, r in enumerate(reversed(sorted_rows(comparison)))}
+    rank = {s: i for i, s in enumerate(STATUS_ORDER)}
     cases: dict[str, list[Row]] = {}
     for row in comparison.rows:
         cases.setdefault(row.case_id, []).append(row)
     out = []
-    for case_id in sorted(cases, key=lambda c: -order[c]):
-        rows = sorted(cases[case_id], key=lambda r: STATUS_ORDER.index(r.status) if r.status in STATUS_ORDER else 99)
+    for case_id, rows in sorted(cases.items(), key=lambda item: min(rank[r.status] for r in item[1])):
+        rows = sorted(rows, key=lambda r: rank[r.status])
         shown = rows if show_all else [r for r in rows if r.status not in QUIET]
-        quiet = {} if show_all else {s: sum(r.status == s for r in rows) for s in QUIET}
-        out.append((case_id, shown, {s: n for s, n in quiet.items() if n}))
+        quiet = {} if show_all else {s: n for s in QUIET if (n := sum(r.status == s for r in rows))}
+        out.append((case_id, shown, quiet))
     return out
 
 
