@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 # Testing hook, a comma list of KIND:TEXT: every case whose id contains TEXT, inside its own
 # process, raises an out-of-memory error (oom), dies by SIGKILL (crash) or sleeps 600 s (hang).
 INJECT_ENV = "YOCO_BENCH_INJECT"
+# Set (by `bench gate`): write results.csv, samples.csv and env.json only, no summary or plots:
+# the gate reads nothing else, and 40 runs a gate would spend a minute drawing them.
+NO_REPORT_ENV = "BENCH_NO_REPORT"
 
 
 @dataclass
@@ -101,6 +104,10 @@ def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: b
     except KeyboardInterrupt:
         print(f"\ninterrupted: finish with `python -m bench run --resume {out}`", file=sys.stderr)
         return 130
+    if os.environ.get(NO_REPORT_ENV):
+        print(f"wrote {out / 'results.csv'}, {out / 'samples.csv'}, {out / 'env.json'} ({NO_REPORT_ENV} set: "
+              f"no summary or plots)")
+        return 0
     finish(out, env)
     return 0
 

@@ -63,7 +63,7 @@ FAKE_MAIN = textwrap.dedent('''
                         "RuntimeError: boom" if failed else ""])
     command = os.environ.get("FAKE_BENCH_COMMAND", " ".join(sys.argv))  # argv[0]: this __main__.py
     (out / "env.json").write_text(json.dumps({"suite": a.suite, "device": "cpu", "device_name": "fake",
-                                              "command": command}))
+                                              "command": command, "no_report": os.environ.get("BENCH_NO_REPORT")}))
 ''')
 
 
@@ -127,6 +127,8 @@ def test_identical_code_passes_and_removes_its_worktree(repo, capsys):
     # alternating: base (worktree dir "base") then the working tree (dir "repo")
     assert [r.split()[0] for r in first[:4]] == ["base", "repo", "base", "repo"]
     assert all(r.endswith(" -") for r in first)  # the whole suite
+    env = json.loads((repo.parent / "out" / "first" / "new" / "run-00" / "env.json").read_text())
+    assert env["no_report"] == "1"  # CSVs only
     assert len(runs) in (2 * RUNS, 2 * (RUNS + CONFIRM))  # a timing may lean worse by chance
     assert_no_worktree_left(repo)
 
@@ -373,3 +375,18 @@ def test_slow_decode_hook_adds_work_proportional_to_the_step(monkeypatch, one_th
         monkeypatch.setenv(runner.SLOW_DECODE_ENV, bad)
         with pytest.raises(ValueError, match="expected CASE_ID:FACTOR with FACTOR >= 1"):
             runner.slow_decode_for_test(StubModel(), case, "cpu")
+
+
+def test_gate_runs_write_the_csvs_only(tmp_path, monkeypatch, capsys):
+    """The gate's runs set BENCH_NO_REPORT: results, samples and env, no summary or plots."""
+    from bench import cli
+    from bench import run as bench_run
+
+    assert bench_run.NO_REPORT_ENV == "BENCH_NO_REPORT"
+    monkeypatch.setenv(bench_run.NO_REPORT_ENV, "1")
+    out = tmp_path / "run"
+    case = "yoco-swa-tiny-b1-s128-g36-w64-none-float32-torch-eager"
+    assert cli.main(["run", "--suite", "smoke", "--only", case, "--device", "cpu", "--repeats", "1",
+                     "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["env.json", "results.csv", "samples.csv", "suite.toml"]
+    assert "no summary or plots" in capsys.readouterr().out

@@ -247,7 +247,8 @@ def run_suite(tree: Path, run_dir: Path, suite: str, args, only: list[str] | Non
         command += ["--repeats", str(args.repeats)]
     if only:
         command += ["--only", ",".join(only)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "BENCH_NO_REPORT": "1"}  # bench.run.NO_REPORT_ENV: CSVs only (a revision without it ignores it)
     env.pop("PYTHONSAFEPATH", None)
     try:
         result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True,
