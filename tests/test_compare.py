@@ -598,3 +598,65 @@ def test_a_noise_file_must_match_the_timing_source(tmp_path, capsys):
     assert run_cli(base, base, "--noise-file", noise) == 2
     assert "measured on normalized timings, but timings are judged raw" in capsys.readouterr().err
     assert run_cli(base, base, "--noise-file", noise, "--timing-source", "normalized") == 0
+
+
+def drop_samples(run_dir, case, metric):
+    path = run_dir / "samples.csv"
+    rows = list(csv.reader(path.read_text().splitlines()))
+    path.write_text("".join(",".join(r) + "\n" for r in rows if not (r[0] == case and r[1] == metric)))
+
+
+def test_a_timing_missing_on_one_side(tmp_path):
+    base = write_side(tmp_path / "base", seed=0)
+    new = write_side(tmp_path / "new", seed=1)
+    for run in new.iterdir():
+        drop_samples(run, CASES[0], "decode_ms_per_step")
+    row = row_of(judge(base, new), CASES[0], "decode_ms_per_step")
+    assert (row.status, row.note) == ("missing", "timed in BASE, not in NEW")
+    for run in base.iterdir():
+        drop_samples(run, CASES[1], "prefill_ms")
+    c = judge(base, write_side(tmp_path / "new2", seed=2))
+    row = row_of(c, CASES[1], "prefill_ms")
+    assert (row.status, row.note) == ("new", "not timed in BASE") and row.new == pytest.approx(20.0, rel=0.1)
+    assert not c.failed
+
+
+def test_nan_samples_are_left_out_and_a_run_without_any_is_not_a_run(tmp_path):
+    base = write_side(tmp_path / "base", seed=0)
+    new = write_side(tmp_path / "new", seed=1)
+    for i, run in enumerate(sorted(new.iterdir())):
+        path = run / "samples.csv"
+        rows = list(csv.reader(path.read_text().splitlines()))
+        for r in rows[1:]:
+            if r[0] == CASES[0] and r[1] == "prefill_ms" and (i == 0 or r[2] == "3"):
+                r[3] = "nan"  # run 0 has no prefill sample left; the others lose one repeat
+        path.write_text("".join(",".join(r) + "\n" for r in rows))
+    row = row_of(judge(base, new), CASES[0], "prefill_ms")
+    assert row.runs == "7/6" and row.status == "unchanged" and math.isfinite(row.ratio)
+
+
+def test_an_exact_figure_that_varies_between_runs_says_so(tmp_path):
+    base = write_side(tmp_path / "base", seed=0)
+    new = write_side(tmp_path / "new", seed=1)
+    shutil.rmtree(new / "run-06")
+    write_run(new / "run-06", np.random.default_rng(3), fixed={(CASES[0], "weight_bytes"): 4_000_004})
+    row = row_of(judge(base, new), CASES[0], "weight_bytes")
+    assert row.status == "regressed" and row.note == "must match exactly; varies between runs in NEW"
+    row = row_of(judge(new, new), CASES[0], "weight_bytes")
+    assert row.status == "unchanged" and row.note == "varies between runs in BASE and NEW"
+
+
+def test_status_words_are_read_loosely_and_memory_nan_is_not_a_value(tmp_path):
+    base = write_side(tmp_path / "base", seed=0, status={CASES[0]: " OK "})
+    new = write_side(tmp_path / "new", seed=1)
+    results = new / "run-00" / "results.csv"
+    rows = list(csv.DictReader(results.read_text().splitlines()))
+    rows[1]["peak_mem_decode_bytes"] = ""
+    with open(results, "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    c = judge(base, new)
+    assert changed(c) == {}
+    row = row_of(c, CASES[1], "peak_mem_decode_bytes")
+    assert row.status == "unchanged" and row.base == pytest.approx(13_000_000, abs=60_000)
