@@ -472,13 +472,15 @@ def test_merge_confirmation_replaces_rerun_timings_and_fails_lost_cases(tmp_path
     cbase = write_side(tmp_path / "cbase", seed=2, cases=(CASES[1],))
     cnew = write_side(tmp_path / "cnew", seed=3, cases=(CASES[1],), scale={slow: 1.25})
     sides = {s: compare.load_side(p) for s, p in (("b", base), ("n", new), ("cb", cbase), ("cn", cnew))}
-    options = compare.Options(metrics=("decode_ms_per_step",), family_size=len(first.evidence), cases=(CASES[1],))
+    options = compare.Options(metrics=("decode_ms_per_step",), family_size=len(first.evidence), cases=(CASES[1],),
+                              timings=(slow,))
     pooled = compare.compare_runs(sides["b"] + sides["cb"], sides["n"] + sides["cn"], options)
     merged = compare.merge_confirmation(first, pooled, [slow])
     row = row_of(merged, *slow)
     assert row.status == "regressed" and row.runs == "14/14" and row.note.startswith("decided on the first and")
     assert row.p == pytest.approx(6 / math.comb(28, 14))  # pooled, still Holm over the 6 timings
     assert len(merged.rows) == len(first.rows) and merged.failed
+    assert [(r.case_id, r.metric) for r in pooled.rows] == [slow]  # the re-run timing only
     # the case crashes in the confirmation: the gate fails, naming it
     crashed = write_side(tmp_path / "crashed", seed=3, cases=(CASES[1],), status={CASES[1]: "error"})
     pooled = compare.compare_runs(sides["b"] + sides["cb"], sides["n"] + compare.load_side(crashed), options)

@@ -269,6 +269,13 @@ def test_first_commit_shallow_clone_and_unknown_revision(repo, tmp_path, capsys,
     assert "not inside a git checkout" in capsys.readouterr().out
 
 
+def test_a_bad_noise_file_is_bad_usage(repo, capsys):
+    (repo.parent / "noise.json").write_text("{}")
+    assert run_gate("--base", "HEAD", "--noise-file", str(repo.parent / "noise.json")) == 2
+    assert "not an A/A calibration" in capsys.readouterr().err
+    assert_no_worktree_left(repo)
+
+
 def test_bad_arguments_exit_2(repo, capsys):
     for argv in (["--base", "HEAD", "--runs", "0"], ["--base", "HEAD", "--confirm-runs", "x"], ["--runs", "3"]):
         with pytest.raises(SystemExit) as e:

@@ -127,6 +127,7 @@ class Options:
     noise: dict[str, float] | None = None  # "case_id/metric" -> stored A/A spread, replaces BASE's
     family_size: int | None = None  # the gate's confirmation: how many timings the first pass tested
     cases: tuple[str, ...] | None = None  # judge only these cases
+    timings: tuple[tuple[str, str], ...] | None = None  # ... and of their timings only these (case, metric)
 
 
 @dataclass
@@ -296,6 +297,8 @@ def compare_runs(base: list[Run], new: list[Run], options: Options | None = None
             continue
         for metric in metrics:
             if METRICS[metric].kind == "timing":
+                if options.timings is not None and (case_id, metric) not in options.timings:
+                    continue
                 row, values = gather_timing(case_id, metric, base_ok[case_id], new_ok[case_id], options)
                 if values is not None:
                     timings.append((row, *values))

@@ -114,7 +114,10 @@ def run_gate(args) -> int:
     out = (args.out or repo / "results" / "runs" / time.strftime("gate-%Y%m%d-%H%M%S", time.gmtime())).resolve()
     if out.exists() and any(out.iterdir()):
         raise GateError(f"--out {out} is not empty: give a new directory")
-    options = compare.options_from(args)
+    try:
+        options = compare.options_from(args)
+    except compare.UnusableInput as e:
+        raise GateError(str(e)) from None
     with base_worktree(repo, base_commit) as base_tree:
         suite = check_suite(base_tree, repo, args.suite)
         trees = {"base": base_tree, "new": repo}
@@ -133,7 +136,8 @@ def run_gate(args) -> int:
             confirm_runs = {side: compare.load_side(out / "confirm" / side) if (out / "confirm" / side).is_dir()
                             else [] for side in trees}
             pooled_options = compare.Options(**{**vars(options), "metrics": tuple(sorted({m for _, m in targets})),
-                                                "family_size": len(first.evidence), "cases": tuple(cases)})
+                                                "family_size": len(first.evidence), "cases": tuple(cases),
+                                                "timings": tuple(targets)})
             pooled = compare.compare_runs(first_runs["base"] + confirm_runs["base"],
                                           first_runs["new"] + confirm_runs["new"], pooled_options)
             final = compare.merge_confirmation(first, pooled, targets)
