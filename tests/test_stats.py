@@ -65,7 +65,11 @@ def test_complete_separation_gives_the_smallest_p():
     _, p = mann_whitney_u([6, 7, 8, 9, 10], [1, 2, 3, 4, 5], "less")
     assert p == 1.0
     assert min_attainable_p(0, 5) == 1.0 and min_attainable_p(3, 0) == 1.0
+    assert min_attainable_p(0, 5, "two-sided") == 1.0 and min_attainable_p(0, 0, "two-sided") == 1.0
     assert min_attainable_p(1, 1, "two-sided") == 1.0 and min_attainable_p(1, 1) == 0.5
+    assert min_attainable_p(2, 2, "less") == min_attainable_p(2, 2, "greater") == 1 / 6
+    with pytest.raises(ValueError, match="alternative"):
+        min_attainable_p(2, 2, "one-sided")
 
 
 def test_u_counts_pairs_where_x_wins():
@@ -144,6 +148,20 @@ def test_normal_approximation_by_hand_with_ties():
     assert mann_whitney_u(x, y, "less")[1] == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)))
     z_greater = (u - n1 * n2 / 2 - 0.5) / sigma
     assert mann_whitney_u(x, y, "greater")[1] == pytest.approx(0.5 * math.erfc(z_greater / math.sqrt(2)))
+    # the other way round "greater" is the small tail, with the same continuity correction
+    u_y, p_y = mann_whitney_u(y, x, "greater")
+    assert u_y == n1 * n2 - u
+    assert p_y == pytest.approx(0.5 * math.erfc((u_y - n1 * n2 / 2 - 0.5) / sigma / math.sqrt(2)), rel=1e-9)
+    assert mann_whitney_u(y, x, "less")[1] == pytest.approx(0.5 * math.erfc((n1 * n2 / 2 - u_y - 0.5) / sigma
+                                                                              / math.sqrt(2)), rel=1e-9)
+
+
+def test_normal_approximation_of_a_balanced_split_is_no_evidence():
+    x = [1.0, 2.0, 3.0] * 8  # 24 a side: the normal approximation
+    u, p = mann_whitney_u(x, list(x))
+    assert u == 24 * 24 / 2 and p == 1.0
+    _, p_less = mann_whitney_u(x, list(x), "less")
+    assert 0.5 < p_less < 0.6  # continuity-corrected: a little over one half
 
 
 def test_all_tied_is_no_evidence():
@@ -153,10 +171,18 @@ def test_all_tied_is_no_evidence():
 
 
 def test_bad_input_names_the_problem():
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="^x must be a non-empty list of numbers, got 0 values"):
         mann_whitney_u([], [1.0])
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match="^y must be a non-empty"):
+        mann_whitney_u([1.0], [])
+    with pytest.raises(ValueError, match="^x must be finite"):
         mann_whitney_u([1.0, float("nan")], [2.0])
+    with pytest.raises(ValueError, match="^y must be finite numbers, got"):
+        mann_whitney_u([1.0], [2.0, float("inf")])
+    with pytest.raises(ValueError, match="^new must be positive"):
+        evidence([1.0], [0.0])
+    with pytest.raises(ValueError, match="^base must be positive"):
+        evidence([-1.0], [1.0])
     with pytest.raises(ValueError, match="alternative must be one of two-sided, greater, less, got 'bigger'"):
         mann_whitney_u([1.0], [2.0], "bigger")
     with pytest.raises(ValueError, match="alpha"):
@@ -179,6 +205,7 @@ def test_bad_input_names_the_problem():
         hodges_lehmann([1.0], [1.0], confidence=1.0)
     with pytest.raises(ValueError, match="fallback_min_effect"):
         decide_all([], fallback_min_effect=-0.5)
+    assert decide_all([], fallback_min_effect=0) == []
     # the edge values are allowed
     assert decide([1.0], [1.0], min_effect=0, noise_factor=0).status == "unchanged"
     assert evidence([1.0, 2.0], [1.0, 2.0], noise=0.0).noise == 0.0
@@ -250,6 +277,8 @@ def test_can_decide_and_runs_needed():
     assert not can_decide(6, 6, 0.01, 12) and can_decide(7, 7, 0.01, 12)
     assert runs_needed(0.01, 12) == 7
     assert can_decide(1, 1, 0.6) and runs_needed(0.6) == 1
+    assert not can_decide(1, 1, 0.5)  # strictly below: 1/2 is not < 0.5
+    assert runs_needed(0.02) == 4  # 1/70 < 0.02, 1/20 is not
     assert can_decide(5, 5, 0.01, 0)  # a family of none counts as one
 
 
@@ -331,6 +360,11 @@ def test_holm_over_the_family():
     assert family[0].status == "unchanged" and family[0].p == pytest.approx(0.024)
     assert decide_all([known(p_worse=0.002)], family_size=12)[0].status == "unchanged"
     assert decide_all([known(p_worse=0.0008)], family_size=12)[0].status == "regressed"
+    # improvements are corrected over the same family
+    faster = known(1 / 1.25, p_worse=1.0, p_better=0.002)
+    assert decide_all([faster])[0].status == "improved"
+    [d] = decide_all([faster], family_size=12)
+    assert d.status == "unchanged" and d.p == pytest.approx(0.024)
     # the smallest p is held to alpha / m, the next to alpha / (m - 1)
     two = decide_all([known(p_worse=0.003), known(p_worse=0.0049), known(1.0, p_worse=0.9)])
     assert [d.status for d in two] == ["regressed", "regressed", "unchanged"]
@@ -371,6 +405,22 @@ def test_worth_confirming_leans_worse_by_more_than_min_effect():
     assert not worth_confirming(known(0.8, p_worse=1.0, p_better=1e-4), 0.05)
     assert worth_confirming(known(1.06, p_worse=0.25), 0.05, screen_alpha=0.3)
     assert worth_confirming(known(0.9, lower_is_better=False, p_worse=0.1), 0.05)
+
+
+def test_decide_passes_its_options_on():
+    rng = np.random.default_rng(4)
+    base = runs(rng, 10.0, 0.001)
+    assert decide(base, base * 1.03).status == "unchanged"  # separated, but below the 5% minimum effect
+    assert decide(base, base * 1.03, min_effect=0.01).status == "regressed"
+    spread = np.array([10.0, 10.5, 11.0, 11.5, 12.0, 12.5, 13.0])  # relative IQR 1.5 / 11.5
+    d = decide(spread, spread * 1.25)
+    assert d.status == "regressed" and d.threshold == pytest.approx(0.5 * 1.5 / 11.5)
+    assert decide(spread, spread * 1.25, noise_factor=2).status == "unchanged"  # bar 26%
+    overlapping = base * np.array([1.2, 1.2, 1.2, 1.2, 1.2, 1.2, 0.9])  # one run in seven below
+    assert decide(base, overlapping).status == "unchanged"  # p = 8 / 3432 > 0.001
+    assert decide(base, overlapping, alpha=0.5).status == "regressed"
+    assert decide(base, base * 1.3, basis="repeats").status == "likely regressed"
+    assert decide(base, base * 1.3, lower_is_better=False).status == "improved"
 
 
 def test_identical_runs_are_unchanged_and_two_runs_a_side_can_never_flag():

@@ -90,7 +90,7 @@ def _rank_sum_counts(doubled: np.ndarray, n1: int) -> np.ndarray:
     counts[0, 0] = 1.0
     for d in doubled:
         counts[1:, d:] = counts[1:, d:] + counts[:-1, :total + 1 - d]
-    return counts[n1]
+    return counts[-1]
 
 
 def _exact_p(ranks: np.ndarray, n1: int) -> dict[str, float]:
@@ -118,7 +118,7 @@ def _normal_p(u1: float, n1: int, n2: int, ranks: np.ndarray) -> dict[str, float
     sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - tie_term))
     shift = u1 - n1 * n2 / 2
     return {"greater": _upper_tail((shift - 0.5) / sigma), "less": _upper_tail((-shift - 0.5) / sigma),
-            "two-sided": min(1.0, 2 * _upper_tail(max(0.0, abs(shift) - 0.5) / sigma))}
+            "two-sided": 2 * _upper_tail(max(0.0, abs(shift) - 0.5) / sigma)}  # z >= 0: at most 1
 
 
 def _upper_tail(z: float) -> float:
@@ -127,9 +127,9 @@ def _upper_tail(z: float) -> float:
 
 def min_attainable_p(n1: int, n2: int, alternative: str = "greater") -> float:
     """The smallest p Mann-Whitney can give for these sizes (no ties, exact)."""
-    if n1 < 1 or n2 < 1:
-        return 1.0
-    splits = comb(n1 + n2, n1)
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {', '.join(ALTERNATIVES)}, got {alternative!r}")
+    splits = comb(n1 + n2, n1)  # 1 when a side is empty: p = 1
     return min(1.0, (2 if alternative == "two-sided" else 1) / splits)
 
 
