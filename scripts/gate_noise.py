@@ -54,7 +54,7 @@ def spreads(run_dirs: list[Path]) -> list[dict]:
         row = {"case_id": case_id, "metric": metric}
         for source, column in compare.TIMING_SOURCES.items():
             medians = [float(np.median(v)) for r in runs if column in r.samples
-                       for v in [r.timing(case_id, metric, column)] if len(v)]
+                       for v in r.timing(case_id, metric, column)]
             row[f"{source}_runs"] = len(medians)
             row[source] = stats.relative_spread(medians) if len(medians) >= 4 else float("nan")
         table.append(row)

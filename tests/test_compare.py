@@ -662,3 +662,23 @@ def test_status_words_are_read_loosely_and_memory_nan_is_not_a_value(tmp_path):
     assert changed(c) == {}
     row = row_of(c, CASES[1], "peak_mem_decode_bytes")
     assert row.status == "unchanged" and row.base == pytest.approx(13_000_000, abs=60_000)
+
+
+def test_a_run_of_several_processes_gives_one_value_per_process(tmp_path):
+    """`bench run --processes N` keeps N processes' samples in one run, told apart by `process`."""
+    def merged(root, seed, scale=None):
+        side = write_side(tmp_path / f"parts-{root}", seed=seed, scale=scale)
+        out = tmp_path / root
+        shutil.copytree(side / "run-00", out)
+        frames = []
+        for i, run in enumerate(sorted(side.iterdir())):
+            rows = list(csv.reader((run / "samples.csv").read_text().splitlines()))
+            frames += [r + [str(i)] for r in rows[1:]]
+        header = list(csv.reader((side / "run-00" / "samples.csv").read_text().splitlines()))[0] + ["process"]
+        (out / "samples.csv").write_text("".join(",".join(r) + "\n" for r in [header, *frames]))
+        return out
+
+    slow = (CASES[0], "decode_ms_per_step")
+    c = judge(merged("base", 0), merged("new", 1, scale={slow: 1.25}))
+    assert changed(c) == {slow: "regressed"}
+    assert row_of(c, *slow).runs == "7/7" and row_of(c, *slow).basis == "runs"

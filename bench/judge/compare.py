@@ -88,13 +88,17 @@ class Run:
     samples: pd.DataFrame
     _groups: dict = field(default_factory=dict, repr=False)
 
-    def timing(self, case_id: str, metric: str, column: str) -> np.ndarray:
-        """The finite samples of one case's timing in this run."""
+    def timing(self, case_id: str, metric: str, column: str) -> list[np.ndarray]:
+        """The finite samples of one case's timing in this run, one array per process: a run made
+        with `--processes N` (a `process` column) holds N process runs."""
         if column not in self._groups:
             finite = self.samples[np.isfinite(self.samples[column].to_numpy(dtype=np.float64))]
-            self._groups[column] = {key: group[column].to_numpy(dtype=np.float64)
-                                    for key, group in finite.groupby(["case_id", "metric"], sort=False)}
-        return self._groups[column].get((case_id, metric), np.empty(0))
+            by = ["case_id", "metric"] + (["process"] if "process" in finite else [])
+            groups: dict = {}
+            for key, group in finite.groupby(by, sort=False):
+                groups.setdefault(tuple(key[:2]), []).append(group[column].to_numpy(dtype=np.float64))
+            self._groups[column] = groups
+        return self._groups[column].get((case_id, metric), [])
 
 
 @dataclass
@@ -434,15 +438,13 @@ def gather_timing(case_id: str, metric: str, base: list[Run], new: list[Run],
 
 
 def per_run_values(runs: list[Run], case_id: str, metric: str, column: str) -> list[np.ndarray]:
-    """Each run's finite samples of one timing, runs without any left out."""
+    """Each process run's finite samples of one timing, runs without any left out."""
     values = []
     for run in runs:
         if column not in run.samples:
             raise UnusableInput(f"{run.path / 'samples.csv'}: no {column!r} column to judge timings on "
                                 f"(timing source {'normalized' if column == 'normalized' else 'raw'})")
-        mine = run.timing(case_id, metric, column)
-        if len(mine):
-            values.append(mine)
+        values += run.timing(case_id, metric, column)
     return values
 
 
