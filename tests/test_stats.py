@@ -4,6 +4,7 @@ brute force, Holm by hand, then `evidence` / `decide_all` on values whose answer
 
 import itertools
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -68,7 +69,7 @@ def test_complete_separation_gives_the_smallest_p():
     assert min_attainable_p(0, 5, "two-sided") == 1.0 and min_attainable_p(0, 0, "two-sided") == 1.0
     assert min_attainable_p(1, 1, "two-sided") == 1.0 and min_attainable_p(1, 1) == 0.5
     assert min_attainable_p(2, 2, "less") == min_attainable_p(2, 2, "greater") == 1 / 6
-    with pytest.raises(ValueError, match="alternative"):
+    with pytest.raises(ValueError, match="^alternative must be one of two-sided, greater, less, got 'one-sided'$"):
         min_attainable_p(2, 2, "one-sided")
 
 
@@ -181,6 +182,18 @@ def test_bad_input_names_the_problem():
         mann_whitney_u([1.0], [2.0, float("inf")])
     with pytest.raises(ValueError, match="^new must be positive"):
         evidence([1.0], [0.0])
+    with pytest.raises(ValueError, match="^base must be a non-empty"):
+        evidence([], [1.0])
+    with pytest.raises(ValueError, match="^values must be finite"):
+        relative_spread([1.0, math.inf])
+    with pytest.raises(ValueError, match="^x must be finite"):
+        hodges_lehmann([math.nan], [1.0])
+    with pytest.raises(ValueError, match="^y must be a non-empty"):
+        hodges_lehmann([1.0], [])
+    with pytest.raises(ValueError, match="confidence"):
+        hodges_lehmann([1.0], [1.0], confidence=0)
+    with pytest.raises(ValueError, match="alpha"):
+        decide([1.0], [1.0], alpha=1.0)
     with pytest.raises(ValueError, match="^base must be positive"):
         evidence([-1.0], [1.0])
     with pytest.raises(ValueError, match="alternative must be one of two-sided, greater, less, got 'bigger'"):
@@ -195,7 +208,7 @@ def test_bad_input_names_the_problem():
         decide([1.0], [1.0], noise_factor=-1)
     with pytest.raises(ValueError, match="positive"):
         evidence([1.0, 0.0], [1.0])
-    with pytest.raises(ValueError, match="basis"):
+    with pytest.raises(ValueError, match="^basis must be one of runs, repeats, got 'processes'$"):
         evidence([1.0], [1.0], basis="processes")
     with pytest.raises(ValueError, match="noise"):
         evidence([1.0], [1.0], noise=-0.1)
@@ -245,6 +258,52 @@ def test_hodges_lehmann_interval_ends_are_the_brute_force_order_statistics(n1, n
 
 def test_hodges_lehmann_interval_with_too_few_values_is_unbounded():
     assert hodges_lehmann([1.0, 2.0], [3.0, 4.0]) == (2.0, -math.inf, math.inf)
+    # the normal approximation too: 21 values against one
+    assert hodges_lehmann(np.arange(21.0), [5.0])[1:] == (-math.inf, math.inf)
+
+
+def u_distribution(n1, n2):
+    """Counts of U = 0..n1*n2 over all splits, by the textbook recurrence (no ties)."""
+    table = {(0, 0): [1]}
+    for a in range(n1 + 1):
+        for b in range(n2 + 1):
+            if a == b == 0:
+                continue
+            counts = [0] * (a * b + 1)
+            if a:  # the largest value is one of x's: it beats all b of y's
+                for u, c in enumerate(table[a - 1, b]):
+                    counts[u + b] += c
+            if b:
+                for u, c in enumerate(table[a, b - 1]):
+                    counts[u] += c
+            table[a, b] = counts
+    return np.array(table[n1, n2], dtype=float)
+
+
+@pytest.mark.parametrize("n", [20, 30])
+def test_hodges_lehmann_interval_at_and_beyond_the_exact_range(n):
+    counts = u_distribution(n, n)
+    cdf = np.cumsum(counts) / counts.sum()
+    k = int((cdf <= 0.025 + 1e-12).sum())  # the exact order statistic for 95%
+    rng = np.random.default_rng(n)
+    x, y = rng.normal(size=n), rng.normal(size=n)
+    differences = np.sort((y[None, :] - x[:, None]).ravel())
+    _, low, high = hodges_lehmann(x, y)
+    if n <= EXACT_MAX_N:
+        assert (low, high) == (differences[k - 1], differences[n * n - k])
+    else:  # the normal approximation (textbook formula), within one order statistic of the exact one
+        z = NormalDist().inv_cdf(0.975)
+        k_normal = math.floor(n * n / 2 - z * math.sqrt(n * n * (2 * n + 1) / 12))
+        assert abs(k_normal - k) <= 1
+        assert (low, high) == (differences[k_normal - 1], differences[n * n - k_normal])
+
+
+def test_evidence_passes_its_confidence_on():
+    rng = np.random.default_rng(6)
+    base, new = runs(rng, 10.0, 0.1, 9), runs(rng, 10.0, 0.1, 9)
+    wide, narrow = evidence(base, new), evidence(base, new, confidence=0.5)
+    assert wide.ratio == narrow.ratio
+    assert wide.ratio_low < narrow.ratio_low <= narrow.ratio <= narrow.ratio_high < wide.ratio_high
 
 
 def test_hodges_lehmann_normal_interval_near_the_switch():
@@ -386,6 +445,14 @@ def test_repeats_basis_says_only_likely_and_needs_a_larger_move():
     assert decide_all([known(1.21, basis="repeats")])[0].status == "likely regressed"
     assert decide_all([known(1 / 1.21, p_worse=1.0, p_better=1e-4, basis="repeats")])[0].status == "likely improved"
     assert decide_all([known(1.0, p_worse=0.5, basis="repeats")])[0].status == "inconclusive"
+
+
+def test_the_improvement_bounds_are_strict():
+    assert decide_all([known(1 / 3, p_worse=1.0, p_better=0.01)], alpha=0.01)[0].status == "unchanged"
+    assert decide_all([known(1 / 3, p_worse=1.0, p_better=0.0099)], alpha=0.01)[0].status == "improved"
+    # a ratio of exactly 1 / (1 + bar) is not beyond the bar
+    assert decide_all([known(0.5, p_worse=1.0, p_better=1e-4)], min_effect=1.0)[0].status == "unchanged"
+    assert decide_all([known(0.4999, p_worse=1.0, p_better=1e-4)], min_effect=1.0)[0].status == "improved"
     # the stricter floor never undercuts a larger min_effect or noise bar
     assert decide_all([known(1.25, basis="repeats")], min_effect=0.3)[0].threshold == 0.3
     assert decide_all([known(1.25, basis="repeats", noise=1.0)])[0].threshold == 0.5

@@ -172,13 +172,13 @@ def _u_cdf(n1: int, n2: int) -> np.ndarray:
 
 def _order_index(n1: int, n2: int, confidence: float) -> int:
     """k: the k-th smallest and k-th largest of the n1*n2 pairwise differences bound the
-    two-sided `confidence` interval of the shift (0: no such interval with this few values)."""
+    two-sided `confidence` interval of the shift (below 1: no such interval with this few values)."""
     tail = (1 - confidence) / 2
     if max(n1, n2) <= EXACT_MAX_N:
         # the largest k with P(U <= k - 1) <= tail
-        return int(np.searchsorted(_u_cdf(n1, n2), tail + 1e-12, side="right"))
+        return int(np.searchsorted(_u_cdf(n1, n2), tail + 1e-12))
     z = NormalDist().inv_cdf(1 - tail)
-    return max(0, math.floor(n1 * n2 / 2 - z * math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)))
+    return math.floor(n1 * n2 / 2 - z * math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12))  # < 1: none
 
 
 def hodges_lehmann(x, y, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
@@ -203,13 +203,13 @@ def holm(pvalues, family_size: int | None = None) -> np.ndarray:
 
     family_size > len(pvalues): the others were tested too, with p = 1 (not re-tested).
     """
-    p = np.asarray(pvalues, dtype=np.float64)
+    p = np.asarray(pvalues)
     m = len(p) if family_size is None else family_size
     if m < len(p):
         raise ValueError(f"family_size {m} is smaller than the {len(p)} p-values given")
-    adjusted = np.empty_like(p)
+    adjusted = np.empty(len(p))
     running = 0.0
-    for rank, i in enumerate(np.argsort(p, kind="stable")):
+    for rank, i in enumerate(np.argsort(p)):  # tied p-values end up equal whatever their order
         running = max(running, min(1.0, (m - rank) * p[i]))
         adjusted[i] = running
     return adjusted
