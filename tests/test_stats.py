@@ -165,6 +165,12 @@ def test_normal_approximation_of_a_balanced_split_is_no_evidence():
     assert 0.5 < p_less < 0.6  # continuity-corrected: a little over one half
 
 
+def test_any_iterable_of_numbers_will_do():
+    assert mann_whitney_u((v for v in [1, 2, 3]), iter([4.0, 5.0, 6.0]), "greater")[1] == 1.0
+    assert relative_spread(x for x in ["1", "2", "3", "4", "5"]) == pytest.approx(2 / 3)  # numbers as text
+    assert relative_spread([2**70, 2**70, 2**71]) == pytest.approx(0.5)  # beyond int64
+
+
 def test_all_tied_is_no_evidence():
     for alternative in stats.ALTERNATIVES:
         assert mann_whitney_u([3, 3, 3], [3, 3], alternative)[1] == 1.0
