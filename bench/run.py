@@ -27,6 +27,9 @@ REPO = Path(__file__).resolve().parent.parent
 # process, raises an out-of-memory error (oom), dies by SIGKILL (crash) or sleeps 600 s (hang).
 INJECT_ENV = "YOCO_BENCH_INJECT"
 CEILING_DRIFT = 0.05  # a ceiling that moved more than this between the run's start and end is flagged
+# Set (by `bench gate`): write results.csv, samples.csv and env.json only, no summary or plots:
+# the gate reads nothing else, and 40 runs a gate would spend a minute drawing them.
+NO_REPORT_ENV = "BENCH_NO_REPORT"
 
 
 @dataclass
@@ -121,6 +124,10 @@ def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: b
         return 130
     remeasure_ceilings(env, device, dtypes, run.threads)
     report.write_env(out / "env.json", env)
+    if os.environ.get(NO_REPORT_ENV):
+        print(f"wrote {out / 'results.csv'}, {out / 'samples.csv'}, {out / 'env.json'} ({NO_REPORT_ENV} set: "
+              f"no summary or plots)")
+        return 0
     finish(out, env)
     return 0
 

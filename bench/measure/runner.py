@@ -43,7 +43,48 @@ def build_model(case: Case, device: str):
                                        **overrides)
     if case.bitnet != "none" and device != "meta":
         model.pack_bitnet()
-    return model.eval()
+    return slow_decode_for_test(model.eval(), case.case_id, device)
+
+
+# Test-only, for measuring the gate against a real slowdown: "CASE_ID:FACTOR" makes that case's
+# decode step FACTOR times as slow by busy work inside the step, proportional to the step's own
+# time (so it carries the step's noise). Read at model build from the environment, or from
+# TEST_SLOW_DECODE, which scripts/gate_campaign.py sets in a scratch commit (a real code change).
+# The work is measured in this thread's CPU time when torch computes on this thread alone: on a
+# busy machine, wall time would also count the waits and add more than FACTOR's share of work.
+SLOW_DECODE_ENV = "BENCH_TEST_SLOW_DECODE"
+TEST_SLOW_DECODE = ""
+
+
+def slow_decode_for_test(model, case_id: str, device: str):
+    spec = os.environ.get(SLOW_DECODE_ENV) or TEST_SLOW_DECODE
+    if not spec:
+        return model
+    target, _, factor_text = spec.rpartition(":")
+    try:
+        factor = float(factor_text)
+    except ValueError:
+        factor = math.nan
+    if not target or not factor >= 1:
+        raise ValueError(f"{SLOW_DECODE_ENV}={spec!r}: expected CASE_ID:FACTOR with FACTOR >= 1, e.g. "
+                         f"yoco-swa-tiny-b1-s512-g36-w64-none-float32-torch-eager:1.25")
+    if target != case_id:
+        return model
+    step = model.decode_step
+    clock = time.thread_time if device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+
+    def slowed_step(*args, **kwargs):
+        t0 = clock()
+        out = step(*args, **kwargs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        deadline = t0 + factor * (clock() - t0)
+        while clock() < deadline:
+            pass
+        return out
+
+    model.decode_step = slowed_step
+    return model
 
 
 def estimate(case: Case) -> dict:
