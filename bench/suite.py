@@ -23,7 +23,7 @@ Grammar (the built-in suites in bench/suites/ use the same one as a user's own f
     exclude = [{arch = "transformer"}]   # drop cases matching every key of one entry
 
 Without [[sweep]], [axes] is the one sweep. Axes not given take AXIS_DEFAULTS. Archs come from
-bench.archs. The window only applies to windowed archs (yoco-swa) and the self-decoder only to
+bench.archs. The window only applies to windowed archs (yoco-swa, transformer-swa) and the self-decoder only to
 YOCO, so other archs get window = None and the duplicates that leaves are merged. Archs without
 BitNet layers (hf-llama, HF transformers' Llama) keep only their bitnet = "none" combinations.
 """

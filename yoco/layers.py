@@ -154,19 +154,24 @@ class SlidingWindowAttention(nn.Module):
 
     def forward(self, x, positions, cache=None):
         q, k, v = self._project(x, positions)
-        if self.use_flash and q.is_cuda:
-            o = flash_attention(q, k, v, window=self.window)
-        elif q.is_cuda and q.shape[2] > self.window:  # T <= W is plain causal: SDPA's flash kernel
-            from yoco.ops.flex_attention import sliding_window_flex
-
-            o = sliding_window_flex(q, k, v, self.window)
-        else:
-            o = sliding_window_attention(q, k, v, self.window)
+        o = windowed_attention(q, k, v, self.window, self.use_flash)
         if cache is not None:
             cache.fill(k, v)
         return self.wo(o.transpose(1, 2).flatten(-2))
 
     step = _attention_step
+
+
+def windowed_attention(q, k, v, window: int, use_flash: bool = False):
+    """Sliding-window causal attention [B, H, T, D] (k, v may have fewer heads) by the fastest
+    form usable here: flash-attn, FlexAttention on CUDA, else the blocked SDPA form."""
+    if use_flash and q.is_cuda:
+        return flash_attention(q, k, v, window=window)
+    if q.is_cuda and q.shape[2] > window:  # T <= W is plain causal: SDPA's flash kernel
+        from yoco.ops.flex_attention import sliding_window_flex
+
+        return sliding_window_flex(q, k, v, window)
+    return sliding_window_attention(q, k, v, window)
 
 
 class CausalAttention(nn.Module):

@@ -67,9 +67,10 @@ def prefill_flops_parts(config, arch: str, batch: int, seq_len: int) -> dict[str
     attn_width, kv_width = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
     ffn_flops = 2 * 3 * d * ffn  # per token
     lm_head = 2 * d * V  # last position only
-    if arch in ("transformer", "hf-llama"):  # hf-llama: the same Llama shape, logits for the last position
+    if arch in ("transformer", "hf-llama", "transformer-swa"):  # hf-llama: the same Llama shape
         dense = c.n_layers * N * (2 * d * (2 * attn_width + 2 * kv_width) + ffn_flops) + lm_head
-        attention = c.n_layers * 2 * attn_width * N * (N + 1)
+        keys_seen = N * (N + 1) // 2 if arch != "transformer-swa" else _keys_in_window(N, c.window)
+        attention = c.n_layers * 4 * attn_width * keys_seen
         return dict(dense=float(batch * dense), attention=float(batch * attention))
 
     n_self, n_cross = c.n_layers // 2, c.n_layers - c.n_layers // 2
@@ -82,9 +83,7 @@ def prefill_flops_parts(config, arch: str, batch: int, seq_len: int) -> dict[str
         mixer_dense = N * 2 * (5 * d * d + d * c.n_self_heads) + 4 * padded * C * d + 4 * padded * d * dh
         mixer_attention = 0
     elif arch == "yoco-swa":
-        W = c.window
-        keys_seen = N * (N + 1) // 2 if N <= W else W * (W + 1) // 2 + (N - W) * W
-        mixer_dense, mixer_attention = N * 2 * 4 * d * d, 4 * d * keys_seen
+        mixer_dense, mixer_attention = N * 2 * 4 * d * d, 4 * d * _keys_in_window(N, c.window)
     else:  # an arch with no formula here (a user's own): no FLOP count, so no MFU
         return dict(dense=math.nan, attention=math.nan)
     global_kv = N * 2 * d * 2 * kv_width
@@ -92,6 +91,11 @@ def prefill_flops_parts(config, arch: str, batch: int, seq_len: int) -> dict[str
     dense = n_self * (mixer_dense + N * ffn_flops) + global_kv + n_cross * cross_dense + lm_head
     attention = n_self * mixer_attention + n_cross * 4 * attn_width * N
     return dict(dense=float(batch * dense), attention=float(batch * attention))
+
+
+def _keys_in_window(N: int, W: int) -> int:
+    """(query, key) pairs a causal window of W sees over N queries."""
+    return N * (N + 1) // 2 if N <= W else W * (W + 1) // 2 + (N - W) * W
 
 
 def embedding_bytes(model: nn.Module) -> int:

@@ -25,7 +25,8 @@ def _c(name, unit, meaning, devices=ALL) -> Column:
 RESULTS: list[Column] = [
     # what was run
     _c("case_id", "", "stable id built from the axis values only: the same on every machine and commit"),
-    _c("arch", "", "architecture (bench.archs): yoco-gret, yoco-swa, transformer, hf-llama or a registered one"),
+    _c("arch", "", "architecture (bench.archs): yoco-gret, yoco-swa, transformer, transformer-swa, hf-llama or a "
+                   "registered one"),
     _c("preset", "", "model size preset (yoco.config.PRESETS)"),
     _c("self_decoder", "", "YOCO's self-decoder (gret or swa); empty for other archs"),
     _c("batch", "sequences", "sequences per prefill and per decode step"),
