@@ -152,6 +152,9 @@ def parse_suite(text: str, path: Path, arch_modules=()) -> Suite:
     except tomllib.TOMLDecodeError as e:  # its message carries "(at line L, column C)"
         raise UsageError(f"syntax error in suite file {path}: {e}") from None
     unknown = set(data) - {"suite", "axes", "sweep"}
+    if "quality" in unknown:
+        raise UsageError(f"{path} is a quality suite ([quality] table): run it with "
+                         f"`python -m bench quality --suite {path}`")
     if unknown:
         raise UsageError(f"{path}: unknown table(s) {sorted(unknown)}: valid tables are [suite], [axes], [[sweep]]")
     meta = data.get("suite", {})
