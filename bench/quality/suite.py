@@ -3,7 +3,8 @@ table for the tasks and the training; the axes name models (arch, preset, window
 
     [suite]
     description = "one line"
-    threads = 1                     # CPU threads for training (fixed: results repeat bitwise)
+    threads = 1                     # CPU threads per model in training (fixed: results repeat bitwise)
+    jobs = 2                        # models trained at once, each in its own process (default 1)
     arch_modules = ["my_archs"]     # optional: modules that register archs (bench.archs)
 
     [quality]
@@ -51,7 +52,7 @@ except ModuleNotFoundError:  # Python 3.10
 SUITES_DIR = Path(__file__).parent / "suites"
 AXIS_DEFAULTS = dict(arch="transformer", preset="tiny", window=64, bitnet="none")
 AXES = tuple(AXIS_DEFAULTS)
-SUITE_KEYS = ("description", "threads", "arch_modules")
+SUITE_KEYS = ("description", "threads", "jobs", "arch_modules")
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("tasks", "pairs", "vocab", "seq_len"))
 QUALITY_KEYS = ("seq_len", "vocab", "tasks", "mqar_pairs", "needle_distances", "eval_examples", "model", *TRAIN_KEYS)
 VOCAB_KEYS = {"keys": "n_keys", "values": "n_values", "filler": "n_filler"}
@@ -82,6 +83,7 @@ class QualitySuite:
     model_overrides: dict = field(default_factory=dict)
     description: str = ""
     threads: int | None = None
+    jobs: int = 1
     arch_modules: tuple[str, ...] = ()
     text: str = field(default="", repr=False)
 
@@ -124,9 +126,10 @@ def parse(text: str, path: Path, arch_modules=()) -> QualitySuite:
     bad = set(meta) - set(SUITE_KEYS)
     if bad:
         raise UsageError(f"{path}: unknown [suite] key(s) {sorted(bad)}: valid keys are {', '.join(SUITE_KEYS)}")
-    threads = meta.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"{path}: [suite] threads must be an integer >= 1, got {threads!r}")
+    threads, jobs = meta.get("threads"), meta.get("jobs", 1)
+    for name, value in (("threads", threads), ("jobs", jobs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{path}: [suite] {name} must be an integer >= 1, got {value!r}")
     modules = speed.load_arch_modules(list(arch_modules), "--arch-module")
     modules += speed.load_arch_modules(meta.get("arch_modules", []), f"{path}: [suite] arch_modules")
 
@@ -153,7 +156,7 @@ def parse(text: str, path: Path, arch_modules=()) -> QualitySuite:
         raise UsageError(f"{path}: the suite expands to no models")
     suite = QualitySuite(name=path.stem, path=path, models=list(models.values()), train=train,
                          mqar_pairs=points["mqar"], needle_distances=points["needle"], eval_examples=examples,
-                         model_overrides=overrides, description=meta.get("description", ""), threads=threads,
+                         model_overrides=overrides, description=meta.get("description", ""), threads=threads, jobs=jobs,
                          arch_modules=modules, text=text)
     for spec in suite.models:  # every model must build (window vs sequence, overrides): say which does not
         try:

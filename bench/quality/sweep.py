@@ -20,6 +20,7 @@ import platform
 import signal
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
@@ -45,6 +46,9 @@ def add_arguments(p):
                         "continues from its last checkpoint")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for training (default: the suite's, else all cores); fixed for a run")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="models trained at once, each in its own process with --threads threads (default: the "
+                        "suite's, else 1); the results do not depend on it")
     p.add_argument("--dry-run", action="store_true", help="list the models with parameters and cache bytes")
     p.add_argument("--arch-module", action="append", default=[], metavar="MODULE",
                    help="a module (dotted name or .py path) that registers archs (see bench/archs.py); repeatable")
@@ -56,8 +60,10 @@ def main(args) -> int:
     from bench.quality import suite as suites
     from bench.suite import UsageError
 
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be an integer >= 1, got {args.threads}")
+    for name in ("threads", "jobs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be an integer >= 1, got {value}")
     if args.resume is not None:
         if args.out is not None:
             raise UsageError("give either --out or --resume, not both")
@@ -83,7 +89,7 @@ def main(args) -> int:
         cli._check_writable_dir(out)
     else:
         out = args.resume
-    return execute(suite, out, resumed=args.resume is not None, threads=args.threads,
+    return execute(suite, out, resumed=args.resume is not None, threads=args.threads, jobs=args.jobs,
                    arch_modules_cli=args.arch_module)
 
 
@@ -104,32 +110,84 @@ def dry_run(suite: QualitySuite) -> int:
     return 0
 
 
-def execute(suite: QualitySuite, out: Path, resumed: bool, threads: int | None, arch_modules_cli=()) -> int:
+def execute(suite: QualitySuite, out: Path, resumed: bool, threads: int | None, jobs: int | None = None,
+            arch_modules_cli=()) -> int:
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "quality.csv"
     if resumed:
         env = json.loads((out / "env.json").read_text())
         threads = env["threads"]
+        jobs = jobs or env.get("jobs", 1)
     else:
         (out / "suite.toml").write_text(suite.text)
         threads = threads or suite.threads or torch.get_num_threads()
+        jobs = jobs or suite.jobs
         env = environment(suite, threads)
-        env["arch_modules_cli"] = list(arch_modules_cli)
+        env.update(jobs=jobs, arch_modules_cli=list(arch_modules_cli))
         (out / "env.json").write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
-    torch.set_num_threads(threads)
     done = repair(csv_path)
     todo = [s for s in suite.models if s.model_id not in done]
+    jobs = max(1, min(jobs, len(todo)))
     print(f"quality {suite.name}: {len(todo)} of {len(suite.models)} models to train on cpu "
-          f"({threads} thread{'s' * (threads > 1)}) -> {out}", file=sys.stderr)
+          f"({jobs} at a time, {threads} thread{'s' * (threads > 1)} each) -> {out}", file=sys.stderr)
+    labels = {s.model_id: f"[{i}/{len(todo)}] {s.model_id}" for i, s in enumerate(todo, 1)}
     try:
-        for i, spec in enumerate(todo, 1):
-            rows = run_model(suite, spec, out, label=f"[{i}/{len(todo)}] {spec.model_id}")
-            append_rows(csv_path, rows)
+        if jobs == 1:
+            torch.set_num_threads(threads)
+            for spec in todo:
+                append_rows(csv_path, run_model(suite, spec, out, labels[spec.model_id]))
+        else:
+            _run_parallel(suite, todo, out, labels, threads, jobs, csv_path)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finish with `python -m bench quality --resume {out}`", file=sys.stderr)
         return 130
+    except BrokenProcessPool:
+        print(f"\na training process died (killed?): the finished models are in {csv_path}; finish with "
+              f"`python -m bench quality --resume {out}`", file=sys.stderr)
+        return 1
     finish(out)
     return 0
+
+
+def _run_parallel(suite, todo, out, labels, threads, jobs, csv_path):
+    """Each model in a worker process (spawned: no inherited OpenMP state); rows are appended in
+    the order models finish. Each worker holds one progress-bar line."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    ctx = multiprocessing.get_context("spawn")
+    slots = ctx.Queue()
+    for slot in range(jobs):
+        slots.put(slot)
+    lock = ctx.RLock()
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads, suite.arch_modules, slots, lock)) as pool:
+        tqdm.set_lock(lock)
+        futures = [pool.submit(run_model, suite, spec, out, labels[spec.model_id]) for spec in todo]
+        try:
+            for future in as_completed(futures):
+                append_rows(csv_path, future.result())
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+_SLOT = 0  # a worker's progress-bar line
+
+
+def _worker_init(threads: int, arch_modules, slots, lock):
+    global _SLOT
+    from tqdm import tqdm
+
+    from bench import archs
+
+    torch.set_num_threads(threads)
+    archs.load_modules(arch_modules)
+    tqdm.set_lock(lock)
+    _SLOT = slots.get()
 
 
 def run_model(suite: QualitySuite, spec: ModelSpec, out: Path, label: str) -> list[dict]:
@@ -141,7 +199,7 @@ def run_model(suite: QualitySuite, spec: ModelSpec, out: Path, label: str) -> li
     checkpoint = Checkpoint(out / "checkpoints" / f"{spec.model_id}.pt", identity)
     saved = checkpoint.load()
     start = saved["step"] if saved else 0
-    bar, update = progress_bar(config.steps, start, label)
+    bar, update = progress_bar(config.steps, start, label, position=_SLOT)
     kill = _kill_hook(spec)
     try:
         result = train(model, config, checkpoint, progress=update, after_checkpoint=kill)

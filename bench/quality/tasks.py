@@ -104,23 +104,32 @@ def _choose(g: torch.Generator, batch: int, population: int, k: int) -> torch.Te
     return torch.rand(batch, population, generator=g).argsort(dim=1)[:, :k]
 
 
-def mqar(seed: int, batch: int, seq_len: int, pairs: int, vocab: Vocab) -> Batch:
-    """k1 v1 k2 v2 ... k_n v_n, then every key once (random order, random positions) among filler.
+def mqar(seed: int, batch: int, seq_len: int, pairs: int, vocab: Vocab, queries: int | None = None) -> Batch:
+    """k1 v1 k2 v2 ... k_n v_n, then the keys asked at random positions among filler: every key
+    once (queries = None, Zoology's MQAR), or `queries` questions spread evenly over the keys
+    (each asked queries // pairs or one more times).
 
     The answer for the query key at position t is its value, predicted at t (next-token)."""
     check_mqar(seq_len, pairs, vocab)
     _check_positive("batch", batch)
+    context = 2 * pairs
+    queries = pairs if queries is None else queries
+    if isinstance(queries, bool) or not isinstance(queries, int) or not pairs <= queries <= seq_len - context:
+        raise ValueError(f"MQAR queries={queries!r} must be an integer in [pairs, seq_len - 2 * pairs] = "
+                         f"[{pairs}, {seq_len - context}]")
     g = _generator(seed)
     keys = _choose(g, batch, vocab.n_keys, pairs)
     values = vocab.first_value + _choose(g, batch, vocab.n_values, pairs)
     tokens = _filler(g, batch, seq_len, vocab)
-    tokens[:, 0:2 * pairs:2] = keys
-    tokens[:, 1:2 * pairs:2] = values
+    tokens[:, 0:context:2] = keys
+    tokens[:, 1:context:2] = values
     targets = torch.full((batch, seq_len), IGNORE, dtype=torch.long)
-    # Query slots: `pairs` distinct positions after the context, sorted; pair i goes to a random slot.
-    context = 2 * pairs
-    slots = context + _choose(g, batch, seq_len - context, pairs).sort(dim=1).values
-    order = _choose(g, batch, pairs, pairs)  # which pair each slot asks about
+    # Query slots: distinct positions after the context, sorted; each slot asks about a random pair
+    # (a random permutation of the pairs, repeated, then cut to `queries`, then shuffled).
+    slots = context + _choose(g, batch, seq_len - context, queries).sort(dim=1).values
+    rounds = -(-queries // pairs)
+    order = torch.cat([_choose(g, batch, pairs, pairs) for _ in range(rounds)], dim=1)[:, :queries]
+    order = torch.gather(order, 1, _choose(g, batch, queries, queries))
     rows = torch.arange(batch)[:, None]
     tokens[rows, slots] = keys[rows, order]
     targets[rows, slots] = values[rows, order]

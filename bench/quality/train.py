@@ -202,13 +202,14 @@ def train(model: torch.nn.Module, config: TrainConfig, checkpoint: Checkpoint | 
                        resumed_from=resumed_from)
 
 
-def progress_bar(total: int, initial: int, label: str):
-    """A tqdm bar with the loss and an ETA on a terminal; sparse lines in a log."""
+def progress_bar(total: int, initial: int, label: str, position: int = 0):
+    """A tqdm bar with the loss and an ETA on a terminal (one line per parallel job); sparse
+    lines in a log."""
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()
     bar = tqdm(total=total, initial=initial, desc=label, unit="step", file=sys.stderr, dynamic_ncols=tty,
-               mininterval=0.5 if tty else 30, leave=True, ascii=not tty)
+               mininterval=0.5 if tty else 30, leave=position == 0, ascii=not tty, position=position)
 
     def update(step: int, loss: float):
         bar.update(step - bar.n)
