@@ -118,7 +118,8 @@ def quality_suite(window=4, **quality) -> str:
 @pytest.mark.parametrize("window, quality, message", [
     (0, {}, "window values must be integers >= 1 (tokens attended, the current one included), got 0"),
     (-4, {}, "got -4"),
-    (4, {"tasks": '["mqar", "copy"]'}, "unknown task 'copy': valid tasks are 'mqar', 'needle'"),
+    (4, {"tasks": '["mqar", "recall"]'}, "unknown task 'recall': valid tasks are 'mqar', 'needle', 'copy'"),
+    (4, {"tasks": '["copy"]'}, "train nothing that is evaluated: include 'mqar' or 'needle'"),
     (4, {"needle_distances": "[8, 40]"}, "needle distance 40 does not fit seq_len=32"),
     (4, {"mqar_pairs": "[11]"}, "pairs=11 does not fit seq_len=32"),
     (4, {"stepz": "3"}, "unknown [quality] key(s) ['stepz']"),

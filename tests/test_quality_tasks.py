@@ -58,6 +58,19 @@ def test_needle_distance_per_sequence():
         assert b.targets[row, -1] == b.tokens[row, 30 - d]
 
 
+def test_copy_repeats_a_segment_and_asks_every_later_token():
+    seq_len = 40
+    b = tasks.copy(seed=2, batch=64, seq_len=seq_len, vocab=VOCAB)
+    lengths = set()
+    for tokens, targets in zip(b.tokens.tolist(), b.targets.tolist()):
+        length = next(n for n in range(2, seq_len) if tokens[n:] == tokens[:seq_len - n])  # the period
+        lengths.add(length)
+        assert 10 <= length <= 20 and len(set(tokens[:length])) == length  # distinct tokens in a segment
+        assert targets[:length] == [IGNORE] * length and targets[-1] == IGNORE
+        assert targets[length:-1] == tokens[length + 1:]  # every later position: the next token
+    assert len(lengths) > 5
+
+
 def test_tasks_are_pure_functions_of_seed_and_sizes():
     a, b = tasks.mqar(7, 8, 32, 4, VOCAB), tasks.mqar(7, 8, 32, 4, VOCAB)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.targets, b.targets)
@@ -84,15 +97,15 @@ def test_training_batches_depend_on_seed_and_step_only():
 
 
 def test_evaluation_seeds_differ_by_task_and_point():
-    seeds = {tasks.eval_seed(0, t, p) for t in tasks.TASKS for p in range(1, 50)}
+    seeds = {tasks.eval_seed(0, t, p) for t in tasks.EVALUATED for p in range(1, 50)}
     assert len(seeds) == 2 * 49
 
 
 def test_unknown_task_names_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown task 'copy': valid tasks are 'mqar', 'needle'"):
-        tasks.check_task("copy")
-    with pytest.raises(ValueError, match="unknown task 'copy'"):
-        tasks.training_batch(0, 0, 4, 32, ("copy",), (2,), VOCAB)
+    with pytest.raises(ValueError, match="unknown task 'recall': valid tasks are 'mqar', 'needle', 'copy'"):
+        tasks.check_task("recall")
+    with pytest.raises(ValueError, match="unknown task 'recall'"):
+        tasks.training_batch(0, 0, 4, 32, ("recall",), (2,), VOCAB)
 
 
 @pytest.mark.parametrize("distance", [40, 30, 1, 0, -5])

@@ -118,7 +118,7 @@ def test_bitnet_trains_through_the_straight_through_estimator():
 
 @pytest.mark.parametrize("field, value, message", [
     ("schedule", "linear", "unknown schedule 'linear': valid schedules are 'cosine', 'step'"),
-    ("tasks", ("mqar", "copy"), "unknown task 'copy': valid tasks are 'mqar', 'needle'"),
+    ("tasks", ("mqar", "recall"), "unknown task 'recall': valid tasks are 'mqar', 'needle', 'copy'"),
     ("tasks", (), "tasks must name at least one task"),
     ("lr", 0, "lr must be a number > 0, got 0"),
     ("steps", 0, "steps must be an integer >= 1, got 0"),

@@ -36,8 +36,8 @@ def label(row) -> str:
 
 
 def per_model(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per model: its cache and weights, mean and worst accuracy per task, and where
-    (past which needle distance) it fell to chance."""
+    """One row per model: its cache and weights, mean and worst accuracy per task, and the
+    needle distances where it was near chance."""
     out = []
     for model_id, g in df.groupby("model_id", sort=False):
         first = g.iloc[0]
@@ -52,7 +52,7 @@ def per_model(df: pd.DataFrame) -> pd.DataFrame:
             row[f"{task}_mean"] = t["accuracy"].mean() if len(t) else float("nan")
         needle = g[g["task"] == "needle"].sort_values("distance")
         at_chance = needle[needle["accuracy"] < NEAR_CHANCE * first["chance"]]
-        row["chance_from"] = int(at_chance["distance"].min()) if len(at_chance) else None
+        row["chance_distances"] = [int(d) for d in at_chance["distance"]]
         out.append(row)
     return pd.DataFrame(out)
 
@@ -181,10 +181,31 @@ def findings(df: pd.DataFrame) -> list[str]:
                           f"{int(r['pairs'] if r['task'] == 'mqar' else r['distance'])}: {r['accuracy']:.2f}"
                           for _, r in below.iterrows())
         text = f"{m['label']} ({_kib(m['kv_cache_bytes'])}) fell below 0.9 at {where}"
-        if m["chance_from"] is not None:
-            text += f"; at chance (< {NEAR_CHANCE} x {chance:.3f}) from needle distance {m['chance_from']}"
+        if m["chance_distances"]:
+            text += (f"; near chance (< {NEAR_CHANCE} x {chance:.3f}) at needle distance(s) "
+                     f"{', '.join(map(str, m['chance_distances']))}")
             if not pd.isna(m["receptive_field"]):
                 text += f" (its receptive field is {int(m['receptive_field'])} tokens)"
+        lines.append(text + ".")
+    # Windowing alone against YOCO's global cache, window for window, past the window's reach.
+    for _, t in models[(models["arch"] == "transformer-swa") & (models["bitnet"] == "none")].iterrows():
+        reach = int(t["receptive_field"])
+        far = df[(df["task"] == "needle") & (df["distance"] > reach)]
+        if far.empty:
+            continue
+        distances = ", ".join(map(str, sorted(far["distance"].unique())))
+        far_mean = far.groupby("model_id")["accuracy"].mean()
+        mean = far_mean.get  # noqa: E731
+        text = (f"Past transformer-swa w{int(t['window'])}'s receptive field ({reach} tokens; needle distances "
+                f"{distances}) it scored {mean(t['model_id']):.2f} (chance {chance:.3f})")
+        twin = models[(models["arch"] == "yoco-swa") & (models["window"] == t["window"]) & (models["bitnet"] == "none")]
+        if len(twin):
+            y = twin.iloc[0]
+            text += (f"; yoco-swa with the same window scored {mean(y['model_id']):.2f}, with "
+                     f"{_kib(y['kv_cache_bytes'])} of cache against {_kib(t['kv_cache_bytes'])}")
+            if mean(y["model_id"]) >= KEPT and mean(t["model_id"]) < NEAR_CHANCE * chance:
+                text += (": the window alone loses the needle, YOCO's cross-decoder (reading the whole global cache) "
+                         "keeps it")
         lines.append(text + ".")
     # The same arch with and without BitNet: what ternary weights cost in accuracy, and save in weights.
     for _, m in models[models["bitnet"] != "none"].iterrows():

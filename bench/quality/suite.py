@@ -10,7 +10,8 @@ table for the tasks and the training; the axes name models (arch, preset, window
     [quality]
     seq_len = 128                   # training and evaluation length
     vocab = {keys = 64, values = 64, filler = 64}
-    tasks = ["mqar", "needle"]      # trained in turns, each evaluated at its points
+    tasks = ["mqar", "needle", "copy"]  # trained in turns; mqar and needle evaluated at their points,
+                                    # copy (bench.quality.tasks) a training aid only
     mqar_pairs = [4, 8, 16]         # evaluation points; training draws from [min, max]
     needle_distances = [8, 32, 64]  # evaluation points; training draws from [2, seq_len - 1]
     eval_examples = 256             # sequences per evaluation point
@@ -178,7 +179,10 @@ def _quality(q: dict) -> tuple[TrainConfig, dict, int]:
         tasks.check_task(task)
     seq_len = q.get("seq_len", TrainConfig.seq_len)
     points = {"mqar": tuple(q.get("mqar_pairs", [4, 8, 16])), "needle": tuple(q.get("needle_distances", []))}
-    for task in task_list:
+    if not set(task_list) & set(tasks.EVALUATED):
+        raise ValueError(f"tasks {task_list} train nothing that is evaluated: include "
+                         f"{' or '.join(map(repr, tasks.EVALUATED))}")
+    for task in set(task_list) & set(tasks.EVALUATED):
         if not points[task]:
             raise ValueError(f"task {task!r} is trained but has no evaluation points: give "
                              f"{'mqar_pairs' if task == 'mqar' else 'needle_distances'}")

@@ -69,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"tasks must name at least one task: valid tasks are {', '.join(map(repr, tasks.TASKS))}")
         for task in self.tasks:
             tasks.check_task(task)
+        if "copy" in self.tasks and self.seq_len < 8:
+            raise ValueError(f"the copy task needs seq_len >= 8, got {self.seq_len}")
         if "mqar" in self.tasks:
             if not self.pairs:
                 raise ValueError("MQAR trains on pair counts from [min(pairs), max(pairs)]: pairs is empty")
