@@ -15,11 +15,13 @@ from yoco.model import build
 
 
 class Transformer(CausalLM):
+    attention = CausalAttention  # the sliding-window twin (baselines.transformer_swa) swaps in its own
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
-        self.layers = nn.ModuleList(Block(CausalAttention(c), c) for _ in range(c.n_layers))
+        self.layers = nn.ModuleList(Block(self.attention(c), c) for _ in range(c.n_layers))
         self.norm = make_norm(c.d_model, c)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         init_weights(self)

@@ -106,6 +106,12 @@ def _transformer(preset, *, device, dtype, window, **overrides):
     return baselines.from_preset(preset, device=device, dtype=dtype, **overrides)
 
 
+def _transformer_swa(preset, *, device, dtype, window, **overrides):
+    from baselines import transformer_swa
+
+    return transformer_swa.from_preset(preset, window=window, device=device, dtype=dtype, **overrides)
+
+
 def _hf_llama(preset, *, device, dtype, window, **overrides):
     from baselines import hf_llama
 
@@ -122,5 +128,7 @@ def _hf_llama_unusable() -> str | None:
 register(Arch("yoco-gret", _yoco("gret")))
 register(Arch("yoco-swa", _yoco("swa"), windowed=True))
 register(Arch("transformer", _transformer))
+# The baseline with every layer windowed (Mistral's kind): windowing alone, without YOCO's global cache.
+register(Arch("transformer-swa", _transformer_swa, windowed=True))
 # HF transformers' Llama of the transformer's shape: the outside peer that shows our baseline is a real Llama.
 register(Arch("hf-llama", _hf_llama, bitnet=False, sized_as="transformer", unusable=_hf_llama_unusable))

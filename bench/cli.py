@@ -1,4 +1,4 @@
-"""`python -m bench`: run | merge | plot | list | compare | gate. Parsing and dispatch; a run is
+"""`python -m bench`: run | merge | plot | list | columns | quality | compare | gate. Parsing and dispatch; a run is
 carried out by bench.run. With no arguments: `run` on the device present, of the gpu-decode suite
 on a GPU and of the default suite on a CPU.
 
@@ -91,9 +91,16 @@ def build_parser() -> Parser:
     cols = sub.add_parser("columns", help="what every column of results.csv (or samples.csv) means: a "
                           "markdown table (README's is this one)")
     cols.add_argument("--samples", action="store_true", help="samples.csv's columns instead of results.csv's")
+    cols.add_argument("--quality", action="store_true", help="quality.csv's columns (python -m bench quality)")
     cols.set_defaults(func=cmd_columns)
 
     from bench.judge import compare, gate
+    from bench.quality import sweep
+
+    quality = sub.add_parser("quality", help="train tiny models on recall tasks (MQAR, needle) on the CPU: "
+                             "accuracy against KV-cache bytes")
+    sweep.add_arguments(quality)
+    quality.set_defaults(func=sweep.main)
 
     for name, module in (("compare", compare), ("gate", gate)):
         p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else None)
@@ -279,6 +286,8 @@ def cmd_plot(args) -> int:
     from bench.show import plots, report
 
     src = args.source
+    if (src / "quality.csv").is_file() if src.is_dir() else src.name == "quality.csv":
+        return _plot_quality(src if src.is_dir() else src.parent, args.out)
     csv_path = src / "results.csv" if src.is_dir() else src
     if not csv_path.is_file():
         raise UsageError(f"plot: {src} is neither a run directory with results.csv nor a CSV file")
@@ -294,6 +303,23 @@ def cmd_plot(args) -> int:
     if missing:
         raise UsageError(f"plot: {csv_path} lacks column(s) {', '.join(missing)}: not a results.csv")
     for p in plots.plot_all(df, env, out):
+        print(f"wrote {p}")
+    return 0
+
+
+def _plot_quality(run_dir: Path, out: Path | None) -> int:
+    """A quality run: its plots and summary.md, redrawn from quality.csv."""
+    from bench.quality import report
+
+    env_path = run_dir / "env.json"
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    out = out or run_dir / "plots"
+    _check_writable_dir(out)
+    try:
+        df = report.read(run_dir / "quality.csv")
+    except Exception as e:
+        raise UsageError(f"plot: cannot read {run_dir / 'quality.csv'} as a quality CSV: {e}") from None
+    for p in report.plot_all(df, env, out):
         print(f"wrote {p}")
     return 0
 
@@ -326,7 +352,7 @@ def _check_writable_dir(out: Path):
 def cmd_columns(args) -> int:
     from bench.show import columns
 
-    print(columns.markdown(columns.SAMPLES if args.samples else columns.RESULTS))
+    print(columns.markdown(columns.QUALITY if args.quality else columns.SAMPLES if args.samples else columns.RESULTS))
     return 0
 
 
@@ -341,6 +367,10 @@ def cmd_list(args) -> int:
     for name in suite_names():
         s = load_suite(name)
         print(f"  {name:<10} {len(s.cases):>4} cases, devices {'/'.join(s.devices)}: {s.description}")
+    from bench.quality import suite as quality_suites
+
+    print("quality suites (bench/quality/suites/*.toml, `python -m bench quality --suite NAME`): "
+          + ", ".join(quality_suites.suite_names()))
     print("presets (d_model / layers / heads / kv heads, vocab):")
     for name, p in PRESETS.items():
         print(f"  {name:<6} {p['d_model']:>5} / {p['n_layers']:>2} / {p['n_heads']:>2} / {p['n_kv_heads']:>2}, "

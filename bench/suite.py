@@ -26,7 +26,7 @@ Grammar (the built-in suites in bench/suites/ use the same one as a user's own f
     exclude = [{arch = "transformer"}]   # drop cases matching every key of one entry
 
 Without [[sweep]], [axes] is the one sweep. Axes not given take AXIS_DEFAULTS. Archs come from
-bench.archs. The window only applies to windowed archs (yoco-swa) and the self-decoder only to
+bench.archs. The window only applies to windowed archs (yoco-swa, transformer-swa) and the self-decoder only to
 YOCO, so other archs get window = None and the duplicates that leaves are merged. Archs without
 BitNet layers (hf-llama, HF transformers' Llama) keep only their bitnet = "none" combinations.
 """
@@ -164,6 +164,9 @@ def parse_suite(text: str, path: Path, arch_modules=()) -> Suite:
     except tomllib.TOMLDecodeError as e:  # its message carries "(at line L, column C)"
         raise UsageError(f"syntax error in suite file {path}: {e}") from None
     unknown = set(data) - {"suite", "axes", "sweep"}
+    if "quality" in unknown:
+        raise UsageError(f"{path} is a quality suite ([quality] table): run it with "
+                         f"`python -m bench quality --suite {path}`")
     if unknown:
         raise UsageError(f"{path}: unknown table(s) {sorted(unknown)}: valid tables are [suite], [axes], [[sweep]]")
     meta = data.get("suite", {})

@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import baselines
 import yoco
+from baselines import transformer_swa
 from bench.measure import aggregate, isolation, peaks, phases, roofline, runner, trackers
 from bench.measure.timing import quantiles, time_ms
 from bench.measure.trackers import PeakMemory, nvml_used_bytes
@@ -30,10 +31,12 @@ REPO = Path(__file__).resolve().parent.parent
 def tiny(arch, **overrides):
     if arch == "transformer":
         return baselines.from_preset("tiny", **overrides).eval()
+    if arch == "transformer-swa":
+        return transformer_swa.from_preset("tiny", **overrides).eval()
     return yoco.from_preset("tiny", self_decoder=arch.removeprefix("yoco-"), **overrides).eval()
 
 
-@pytest.mark.parametrize("arch", ["transformer", "yoco-swa", "yoco-gret"])
+@pytest.mark.parametrize("arch", ["transformer", "transformer-swa", "yoco-swa", "yoco-gret"])
 @pytest.mark.parametrize("seq_len", [64, 200])
 def test_dense_prefill_flops_match_torch_flop_counter(arch, seq_len):
     """The matmuls torch counts (mm) are exactly the formula's linear and LM head parts; gRet's
@@ -41,7 +44,7 @@ def test_dense_prefill_flops_match_torch_flop_counter(arch, seq_len):
     the last chunk and the upper triangles. Attention is what SDPA computes and the counter does
     not see on CPU."""
     torch.manual_seed(0)
-    model = tiny(arch, **({"window": 48} if arch == "yoco-swa" else {}))
+    model = tiny(arch, **({"window": 48} if arch.endswith("-swa") else {}))
     batch = 2
     cache = model.allocate_cache(batch, seq_len)
     tokens = torch.randint(0, model.config.vocab_size, (batch, seq_len))
@@ -130,6 +133,10 @@ def test_swa_attention_flops_stop_growing_quadratically_past_the_window():
     assert step == pytest.approx(c.n_layers // 2 * 4 * c.d_model * 32 + (c.n_layers - c.n_layers // 2) * 4 *
                                  c.n_heads * c.head_dim * 1001 - (c.n_layers - c.n_layers // 2) * 4 * c.n_heads *
                                  c.head_dim * 1000)
+    c = tiny("transformer-swa", window=32).config
+    f = lambda n: roofline.prefill_flops_parts(c, "transformer-swa", 1, n)["attention"]  # noqa: E731
+    assert f(1001) - f(1000) == c.n_layers * 4 * c.n_heads * c.head_dim * 32  # every layer: W keys
+    assert f(20) == roofline.prefill_flops_parts(c, "transformer", 1, 20)["attention"]  # within W: causal
 
 
 def test_efficiency_and_quantiles():

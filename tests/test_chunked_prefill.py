@@ -6,16 +6,19 @@ import torch
 
 import baselines
 import yoco
+from baselines import transformer_swa
 from bench.measure.trackers import LiveTensorBytes
 
 WINDOW = 16
-ARCHS = ["gret", "swa", "transformer"]
+ARCHS = ["gret", "swa", "transformer", "transformer-swa"]
 
 
 def build(arch, dtype=torch.float32, **overrides):
     torch.manual_seed(0)
     if arch == "transformer":
         return baselines.from_preset("tiny", dtype=dtype, **overrides).eval()
+    if arch == "transformer-swa":
+        return transformer_swa.from_preset("tiny", dtype=dtype, **{"window": WINDOW, **overrides}).eval()
     overrides = {"window": WINDOW, **overrides}
     return yoco.from_preset("tiny", self_decoder=arch, dtype=dtype, **overrides).eval()
 
@@ -124,6 +127,9 @@ def test_cuda_chunked_prefill_equals_one_chunk(arch):
         torch.manual_seed(0)
         if arch == "transformer":
             model = baselines.from_preset("tiny", device="cuda", dtype=torch.bfloat16, n_heads=6, n_kv_heads=2)
+        elif arch == "transformer-swa":
+            model = transformer_swa.from_preset("tiny", device="cuda", dtype=torch.bfloat16, window=32, n_heads=6,
+                                                n_kv_heads=2)
         else:
             model = yoco.from_preset("tiny", self_decoder=arch, device="cuda", dtype=torch.bfloat16, window=32,
                                      n_heads=6, n_kv_heads=2, backend=backend)
@@ -149,7 +155,10 @@ def test_prefill_activations_are_bounded_by_the_chunk(arch):
     """Tensor memory allocated during the prefill, on top of weights and cache (torch's own
     accounting): the same at 1024 tokens as at 128 with a 32-token chunk, where a one-chunk
     prefill grows with the prompt."""
-    model = build(arch) if arch == "transformer" else build(arch, window=32, chunk_size=32)
+    if arch.startswith("transformer"):
+        model = build(arch, **({"window": 32} if arch == "transformer-swa" else {}))
+    else:
+        model = build(arch, window=32, chunk_size=32)
 
     def peak(n, chunk_size):
         cache = model.allocate_cache(1, n)

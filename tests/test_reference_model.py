@@ -25,6 +25,7 @@ from reference_model import NUMERICS, Numerics, Weights
 
 import baselines
 import yoco
+from baselines import transformer_swa
 from yoco.cache import KVCache, RetentionState, RingKVCache
 from yoco.config import transformer_config, yoco_config
 from yoco.layers import CausalAttention, CrossAttention, GatedRetention, SlidingWindowAttention
@@ -33,7 +34,7 @@ F64 = torch.float64
 TOL = 2e-5  # max |ours - reference| / max |reference|
 WINDOW, CHUNK = 4, 4  # prompts of 11: the window wraps, the chunks do not divide the prompt
 PROMPT, NEW = 11, 5
-ARCHS = ["gret", "swa", "transformer"]
+ARCHS = ["gret", "swa", "transformer", "transformer_swa"]
 
 
 def far_from_init(module: torch.nn.Module, seed: int = 0):
@@ -242,6 +243,8 @@ def build(arch, numerics="llama", **overrides):
     overrides["numerics"] = numerics
     if arch == "transformer":
         model = baselines.from_preset("tiny", dtype=F64, **overrides)
+    elif arch == "transformer_swa":
+        model = transformer_swa.from_preset("tiny", dtype=F64, **{"window": WINDOW, **overrides})
     else:
         model = yoco.from_preset("tiny", self_decoder=arch, dtype=F64,
                                  **{"window": WINDOW, "chunk_size": CHUNK, **overrides})
@@ -256,13 +259,19 @@ def check_against_reference(model, arch, numerics="llama", prompt=PROMPT, new=NE
         full = model(tokens)
         ours = [model.prefill(tokens[:, :prompt], cache)]
         ours += [model.decode(tokens[:, t], cache) for t in range(prompt, prompt + new)]
+        chunked_cache = model.allocate_cache(batch, prompt + new)  # chunks of 3: none divides the prompt
+        chunked = [model.prefill(tokens[:, :prompt], chunked_cache, chunk_size=3)]
+        chunked += [model.decode(tokens[:, t], chunked_cache) for t in range(prompt, prompt + new)]
     ours = torch.stack(ours, dim=1)  # [B, 1 + new, V]: positions prompt-1 .. prompt+new-1
+    chunked = torch.stack(chunked, dim=1)
     ref = reference.ReferenceModel(model.state_dict(), model.config, arch, numerics)
     for b in range(batch):
         expected = ref.forward(tokens[b])
         assert rel_err(full[b], expected) < TOL, "full forward"
         assert rel_err(ours[b, 0], expected[prompt - 1]) < TOL, "prefill"
         assert rel_err(ours[b, 1:], expected[prompt:]) < TOL, "decode"
+        assert rel_err(chunked[b, 0], expected[prompt - 1]) < TOL, "chunked prefill"
+        assert rel_err(chunked[b, 1:], expected[prompt:]) < TOL, "decode after a chunked prefill"
 
 
 @pytest.mark.parametrize("numerics", NUMERICS)
@@ -277,6 +286,8 @@ def test_model_matches_reference_longer_and_odd_sizes(arch):
     """A longer sequence, 3 layers (an odd split: 1 self, 2 cross), one key/value head for all
     queries, and (YOCO) a window and chunk that divide nothing."""
     overrides = dict(n_layers=3, n_kv_heads=1)
-    if arch != "transformer":
+    if arch == "transformer_swa":
+        overrides.update(window=5)
+    elif arch != "transformer":
         overrides.update(window=5, chunk_size=7)
     check_against_reference(build(arch, **overrides), arch, prompt=30, new=10, batch=1)

@@ -161,29 +161,39 @@ class SlidingWindowAttention(nn.Module):
         """start > 0 (a later prefill chunk): the chunk's queries also see the W-1 keys before it,
         read from the ring before the chunk's own keys overwrite them."""
         q, k, v = self._project(x, positions)
-        T = q.shape[2]
-        k_all, v_all = k, v
-        if cache is not None and start > 0:
-            k_prev, v_prev = cache.window_before(start, min(self.window - 1, start))
-            k_all, v_all = torch.cat((k_prev, k), dim=2), torch.cat((v_prev, v), dim=2)
-        if self.use_flash and q.is_cuda:
-            o = flash_attention(q, k_all, v_all, window=self.window)  # bottom-right aligned
-        else:
-            # The forms below take as many queries as keys: the earlier keys get placeholder
-            # queries (zeros; at most W-1 of them) whose outputs are dropped.
-            q_all = F.pad(q, (0, 0, k_all.shape[2] - T, 0))
-            if q.is_cuda and q_all.shape[2] > self.window:  # T <= W is plain causal: SDPA's flash kernel
-                from yoco.ops.flex_attention import sliding_window_flex
-
-                o = sliding_window_flex(q_all, k_all, v_all, self.window)
-            else:
-                o = sliding_window_attention(q_all, k_all, v_all, self.window)
-            o = o[:, :, -T:]
+        k_all, v_all = keys_before_chunk(cache, k, v, start, self.window)
+        o = windowed_attention(q, k_all, v_all, self.window, self.use_flash)
         if cache is not None:
             cache.fill(k, v, start)
         return self.wo(o.transpose(1, 2).flatten(-2))
 
     step = _attention_step
+
+
+def keys_before_chunk(cache, k, v, start: int, window: int):
+    """A later prefill chunk's keys and values preceded by the W-1 before it, read from the ring
+    before the chunk's own overwrite them (the first chunk, or no cache: k, v as they are)."""
+    if cache is None or start == 0:
+        return k, v
+    k_prev, v_prev = cache.window_before(start, min(window - 1, start))
+    return torch.cat((k_prev, k), dim=2), torch.cat((v_prev, v), dim=2)
+
+
+def windowed_attention(q, k, v, window: int, use_flash: bool = False):
+    """Sliding-window causal attention of T queries [B, H, T, D] over S >= T keys (k, v may have
+    fewer heads), the last T of them the queries' own, by the fastest form usable here:
+    flash-attn, FlexAttention on CUDA, else the blocked SDPA form."""
+    if use_flash and q.is_cuda:
+        return flash_attention(q, k, v, window=window)  # bottom-right aligned
+    # The forms below take as many queries as keys: the earlier keys get placeholder queries
+    # (zeros; at most W-1 of them) whose outputs are dropped.
+    T = q.shape[2]
+    q_all = F.pad(q, (0, 0, k.shape[2] - T, 0))
+    if q.is_cuda and q_all.shape[2] > window:  # T <= W is plain causal: SDPA's flash kernel
+        from yoco.ops.flex_attention import sliding_window_flex
+
+        return sliding_window_flex(q_all, k, v, window)[:, :, -T:]
+    return sliding_window_attention(q_all, k, v, window)[:, :, -T:]
 
 
 class CausalAttention(nn.Module):

@@ -108,9 +108,10 @@ def prefill_flops_parts(config, arch: str, batch: int, seq_len: int) -> dict[str
     attn_width, kv_width = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
     ffn_flops = 2 * 3 * d * ffn  # per token
     lm_head = 2 * d * V  # last position only
-    if arch in ("transformer", "hf-llama"):  # hf-llama: the same Llama shape, logits for the last position
+    if arch in ("transformer", "hf-llama", "transformer-swa"):  # hf-llama: the same Llama shape
         linear = c.n_layers * N * (2 * d * (2 * attn_width + 2 * kv_width) + ffn_flops)
-        attention = c.n_layers * 4 * attn_width * _causal_pairs(N)
+        keys_seen = _causal_pairs(N) if arch != "transformer-swa" else _keys_in_window(N, c.window)
+        attention = c.n_layers * 4 * attn_width * keys_seen
         return _times(batch, linear=linear, lm_head=lm_head, attention=attention, retention=0)
 
     n_self, n_cross = c.n_layers // 2, c.n_layers - c.n_layers // 2
@@ -127,10 +128,8 @@ def prefill_flops_parts(config, arch: str, batch: int, seq_len: int) -> dict[str
         mixer_linear = N * 2 * (5 * d * d + d * c.n_self_heads)
         retention = n_self * (4 * d * pairs + 4 * N * d * dh)
     elif arch == "yoco-swa":
-        W = c.window
-        keys_seen = _causal_pairs(N) if N <= W else _causal_pairs(W) + (N - W) * W
-        mixer_linear, mixer_attention = N * 2 * 4 * d * d, 4 * d * keys_seen
-    else:
+        mixer_linear, mixer_attention = N * 2 * 4 * d * d, 4 * d * _keys_in_window(N, c.window)
+    else:  # an arch with no formula here (a user's own): no FLOP count, so no MFU
         return dict(linear=math.nan, lm_head=math.nan, attention=math.nan, retention=math.nan)
     global_kv = N * 2 * d * 2 * kv_width
     cross_linear = 2 * d * 2 * attn_width + ffn_flops  # early exit: the last position only
@@ -141,6 +140,11 @@ def prefill_flops_parts(config, arch: str, batch: int, seq_len: int) -> dict[str
 
 def _times(batch: int, **parts) -> dict[str, float]:
     return {k: float(batch * v) for k, v in parts.items()}
+
+
+def _keys_in_window(N: int, W: int) -> int:
+    """(query, key) pairs a causal window of W sees over N queries."""
+    return _causal_pairs(N) if N <= W else _causal_pairs(W) + (N - W) * W
 
 
 def part_dtypes(dtype: str, bitnet: str, device: str) -> dict[str, str]:

@@ -25,7 +25,8 @@ def _c(name, unit, meaning, devices=ALL) -> Column:
 RESULTS: list[Column] = [
     # what was run
     _c("case_id", "", "stable id built from the axis values only: the same on every machine and commit"),
-    _c("arch", "", "architecture (bench.archs): yoco-gret, yoco-swa, transformer, hf-llama or a registered one"),
+    _c("arch", "", "architecture (bench.archs): yoco-gret, yoco-swa, transformer, transformer-swa, hf-llama or a "
+                   "registered one"),
     _c("preset", "", "model size preset (yoco.config.PRESETS)"),
     _c("self_decoder", "", "YOCO's self-decoder (gret or swa); empty for other archs"),
     _c("batch", "sequences", "sequences per prefill and per decode step"),
@@ -180,7 +181,34 @@ SAMPLES: list[Column] = [
     _c("process", "", "which of the case's processes (0 .. N-1 with --processes N) took the sample"),
 ]
 
+# quality.csv (`python -m bench quality`): one row per trained model x task point.
+QUALITY: list[Column] = [
+    _c("model_id", "", "arch-preset-window-bitnet: the model (its checkpoint is checkpoints/<model_id>.pt)"),
+    _c("arch", "", "architecture (bench.archs)"),
+    _c("preset", "", "model size preset (yoco.config.PRESETS), with the suite's [quality] model overrides"),
+    _c("window", "tokens", "sliding window W (windowed archs only)"),
+    _c("bitnet", "", "none, or the BitNet mode trained with fake quantization (straight-through estimator)"),
+    _c("d_model", "", "model width"),
+    _c("n_layers", "", "layers (YOCO: self- plus cross-decoder)"),
+    _c("task", "", "mqar (multi-query associative recall) or needle (one key-value pair in a haystack)"),
+    _c("pairs", "", "mqar: key-value pairs in each sequence, every key queried once (empty for needle)"),
+    _c("distance", "tokens", "needle: query position minus the needle key's position (empty for mqar)"),
+    _c("seq_len", "tokens", "training and evaluation sequence length"),
+    _c("accuracy", "", "fraction of answers whose argmax over the whole vocabulary is the right value"),
+    _c("answers", "", "answers evaluated for this row (eval_examples sequences; mqar: x pairs)"),
+    _c("chance", "", "1 / the number of values: accuracy of a guess that knows only that a value comes"),
+    _c("receptive_field", "tokens", "how far back the last position can see: n_layers x (window - 1) + 1 for "
+       "transformer-swa; empty where unbounded (full attention, YOCO's global cache)"),
+    _c("kv_cache_bytes", "B", "allocate_cache(1, seq_len) in float32: the cache at the evaluation length, batch 1"),
+    _c("params", "parameters", "logical parameter count"),
+    _c("weight_bytes", "B", "weights as stored for inference (BitNet layers packed)"),
+    _c("train_steps", "", "optimizer steps"),
+    _c("train_seconds", "s", "wall time of training, summed over resumed sessions (evaluation excluded)"),
+    _c("final_loss", "nats", "mean answer cross-entropy over the last 50 training steps"),
+]
+
 RESULT_NAMES = [c.name for c in RESULTS]
+QUALITY_NAMES = [c.name for c in QUALITY]
 SAMPLE_NAMES = [c.name for c in SAMPLES]
 
 
@@ -191,7 +219,7 @@ def markdown(columns: list[Column] = RESULTS) -> str:
     return "\n".join(lines)
 
 
-README_MARKERS = {"results": RESULTS, "samples": SAMPLES}
+README_MARKERS = {"results": RESULTS, "samples": SAMPLES, "quality": QUALITY}
 
 
 def readme_with_tables(text: str) -> str:

@@ -17,7 +17,8 @@ from yoco.config import BITNET_MODES  # noqa: E402
 
 MB = 2**20
 STYLE = {"transformer": dict(color="tab:red", marker="o"), "yoco-gret": dict(color="tab:blue", marker="s"),
-         "yoco-swa": dict(color="tab:green", marker="^"), "hf-llama": dict(color="tab:orange", marker="D")}
+         "yoco-swa": dict(color="tab:green", marker="^"), "hf-llama": dict(color="tab:orange", marker="D"),
+         "transformer-swa": dict(color="tab:purple", marker="v")}
 ONE_MILLION = 1 << 20
 
 
@@ -33,7 +34,7 @@ def _series(df: pd.DataFrame):
     for key, group in df.groupby(["arch", *varying], sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         label = key[0]
-        if key[0] == "yoco-swa" and group["window"].notna().any():
+        if group["window"].notna().any():  # a windowed arch
             label += f" w{int(group['window'].iloc[0])}"
         label += "".join(f" {c}={v}" for c, v in zip(varying, key[1:], strict=True))
         yield key[0], label, group.sort_values("seq_len")
