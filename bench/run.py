@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Testing hook, a comma list of KIND:TEXT: every case whose id contains TEXT, inside its own
 # process, raises an out-of-memory error (oom), dies by SIGKILL (crash) or sleeps 600 s (hang).
 INJECT_ENV = "YOCO_BENCH_INJECT"
+REPORT_NAME = "report.html"
 
 
 @dataclass
@@ -37,6 +38,7 @@ class RunSettings:
 
 def dry_run(suite, cases, device: str) -> int:
     from bench.measure.runner import estimate
+    from bench.show.units import size as _size
 
     print(f"suite {suite.name} ({suite.path}): {len(cases)} cases for {device}, {suite.repeats} repeats")
     print(f"{'case_id':<72} {'params':>14} {'weights':>11} {'kv cache':>11}")
@@ -58,14 +60,6 @@ def dry_run(suite, cases, device: str) -> int:
         except Exception as err:  # an invalid combination: show it, list the rest
             print(f"{case.case_id:<72} cannot build: {err}")
     return 0
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
 
 
 def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: bool) -> int:
@@ -159,20 +153,30 @@ def largest_batch(case, suite, run: RunSettings, env: dict, run_at) -> tuple[dic
 
 
 def finish(out: Path, env: dict, quiet: bool = False):
-    """Plots, summary.md and the console table from what results.csv holds now."""
-    from bench.show import plots, report
+    """Plots, summary.md, report.html and the console table from what results.csv holds now."""
+    from bench.show import html, report, verdicts
 
-    df = report.read_results(out / "results.csv")
-    paths = plots.plot_all(df, env, out / "plots")
-    (out / "summary.md").write_text(report.summary_markdown(df, env))
+    run = html.Run(out, env, report.read_results(out / "results.csv"), report.read_samples(out / "samples.csv"))
+    rendered = html.render(run.results, env, png_dir=out / "plots")
+    paths = [r.png for r in rendered]
+    (out / "summary.md").write_text(report.summary_markdown(run.results, env, run.samples,
+                                                            [p.relative_to(out) for p in paths], REPORT_NAME))
+    html.write(out / REPORT_NAME, [run], rendered)
+    df = run.results
     if quiet:
         return
     print(report.console_table(df))
     ratios = report.ratio_table(df)
     if len(ratios):
         print("\nYOCO against the baseline (> 1 favours YOCO):")
-        print(ratios.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print(f"\nwrote {out / 'results.csv'}, {out / 'samples.csv'}, {out / 'env.json'}, {out / 'summary.md'}")
+        print(ratios.to_string(index=False, float_format=lambda v: f"{v:.3g}x"))
+    found = verdicts.verdicts(df, run.samples)
+    if found:
+        print("\nDoes YOCO's saving hold here?")
+        for v in found:
+            print(f"  {v.verdict}: {v.claim}: {v.measured()}; expected {v.expected}")
+    print(f"\nwrote {out / 'results.csv'}, {out / 'samples.csv'}, {out / 'env.json'}, {out / 'summary.md'}, "
+          f"{out / REPORT_NAME}")
     for p in paths:
         print(f"wrote {p}")
 

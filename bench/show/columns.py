@@ -109,6 +109,7 @@ SAMPLES: list[Column] = [
 
 RESULT_NAMES = [c.name for c in RESULTS]
 SAMPLE_NAMES = [c.name for c in SAMPLES]
+UNITS = {c.name: c.unit for c in RESULTS}
 
 
 def markdown(columns: list[Column] = RESULTS) -> str:
