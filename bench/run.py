@@ -63,6 +63,17 @@ def dry_run(suite, cases, device: str) -> int:
 
 
 def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: bool) -> int:
+    """Run the cases into `out`; Ctrl-C stops with the resume hint alone (exit 130)."""
+    try:
+        env = _execute(suite, cases, run, out, present, resumed)
+    except KeyboardInterrupt:
+        print(f"interrupted: finish with `python -m bench run --resume {out}`", file=sys.stderr, flush=True)
+        return 130
+    finish(out, env)
+    return 0
+
+
+def _execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: bool) -> dict:
     from bench.measure import runner
     from bench.show import report
 
@@ -74,6 +85,7 @@ def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: b
     else:
         (out / "suite.toml").write_text(suite.text)
         dtypes = sorted({c.dtype for c in cases})
+        print(f"measuring this machine ({device}: copy bandwidth, matmul rate)", file=sys.stderr, flush=True)
         answer = runner.run_isolated(runner.machine_info, device, dtypes, threads=run.threads)
         if answer[0] != "ok":
             print(f"warning: measuring this machine failed ({answer[1]}); ceilings left empty", file=sys.stderr)
@@ -92,11 +104,9 @@ def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: b
     try:
         for case in todo:
             run_one(case, suite, run, env, out, injections, backends_present, bar)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finish with `python -m bench run --resume {out}`", file=sys.stderr)
-        return 130
-    finish(out, env)
-    return 0
+    finally:
+        bar.close()
+    return env
 
 
 def run_one(case, suite, run: RunSettings, env: dict, out: Path, injections, backends_present: str, bar):
@@ -105,7 +115,7 @@ def run_one(case, suite, run: RunSettings, env: dict, out: Path, injections, bac
     from bench.show import report
 
     device = run.device
-    bar.show(case.case_id)
+    bar.show(case)
     t0 = time.perf_counter()
     inject = next((kind for kind, match in injections if match and match in case.case_id), None)
     unusable = backend_unusable(case, device, env.get("backends") or {})
@@ -126,7 +136,7 @@ def run_one(case, suite, run: RunSettings, env: dict, out: Path, injections, bac
     # samples first: a kill between the two writes leaves samples that repair() drops
     report.append_rows(out / "samples.csv", report.SAMPLE_COLUMNS, samples)
     report.append_rows(out / "results.csv", report.COLUMNS, [row])
-    bar.done(case.case_id, row["status"], row["elapsed_s"])
+    bar.done(case, row["status"], row["elapsed_s"])
 
 
 def largest_batch(case, suite, run: RunSettings, env: dict, run_at) -> tuple[dict, list[dict]]:

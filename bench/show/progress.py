@@ -1,29 +1,83 @@
-"""Progress of a run on stderr."""
+"""Progress of a run on stderr: on a terminal a tqdm bar with elapsed time, ETA and the case in
+words, redrawn every second while a case runs; elsewhere (logs, CI) one line per finished case."""
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
+import time
+
+from tqdm import tqdm
+
+from bench.show import units
+
+
+def describe(case) -> str:
+    """The case in words: what runs, at which size, how."""
+    parts = [f"{case.arch} {case.preset}", f"prompt {units.sig(case.seq_len)} + {case.gen_len} decode steps"]
+    if case.batch != 1:
+        parts.append(f"batch {case.batch}")
+    if case.window is not None:
+        parts.append(f"window {case.window}")
+    if case.bitnet != "none":
+        parts.append(f"BitNet {case.bitnet}")
+    parts.append(f"{case.dtype}, {case.backend}{', compiled' if case.compile else ''}")
+    return ", ".join(parts)
 
 
 class Progress:
-    """A one-line bar on a terminal, one line per case otherwise (logs, CI)."""
+    """`show(case)` when a case starts, `done(case, status, seconds)` when it ends, `close()`."""
 
-    def __init__(self, total: int, width: int = 24):
-        self.total, self.width, self.count = total, width, 0
-        self.tty = sys.stderr.isatty()
+    def __init__(self, total: int, stream=None):
+        self.stream = stream or sys.stderr
+        self.total, self.count = total, 0
+        self.start = time.monotonic()
+        self.tty = self.stream.isatty()
+        self.bar = None
+        self._stop = threading.Event()
+        if self.tty and total:
+            try:  # a terminal that reports no size (0 x 0) would get an empty, hidden bar
+                size = os.get_terminal_size(self.stream.fileno())
+                sized = size.columns > 0 and size.lines > 0
+            except (OSError, ValueError):
+                sized = False
+            self.bar = tqdm(total=total, file=self.stream, unit="case", dynamic_ncols=sized,
+                            ncols=None if sized else 110, nrows=None if sized else 24, leave=True,
+                            bar_format="{n_fmt}/{total_fmt} |{bar:16}| {elapsed} elapsed, ETA {remaining} | {desc}")
+            # tqdm redraws only when told: keep the elapsed time moving during a long case
+            threading.Thread(target=self._tick, daemon=True).start()
 
-    def _bar(self) -> str:
-        filled = self.width * self.count // max(1, self.total)
-        return f"[{'#' * filled}{'.' * (self.width - filled)}] {self.count}/{self.total}"
+    def _tick(self):
+        while not self._stop.wait(1.0):
+            try:
+                self.bar.refresh()
+            except Exception:  # closed meanwhile
+                return
 
-    def show(self, case_id: str):
-        if self.tty:
-            print(f"\r{self._bar()} {case_id[:70]:<70}", end="", file=sys.stderr, flush=True)
+    def show(self, case):
+        if self.bar is not None:
+            self.bar.set_description_str(describe(case))
 
-    def done(self, case_id: str, status: str, seconds: float):
+    def eta(self) -> str:
+        if not self.count:
+            return "?"
+        left = (time.monotonic() - self.start) / self.count * (self.total - self.count)
+        return tqdm.format_interval(left)
+
+    def done(self, case, status: str, seconds: float):
         self.count += 1
-        if self.tty:
-            print(f"\r{self._bar()} {case_id[:60]:<60} {status}", end="\n" if self.count == self.total else "",
-                  file=sys.stderr, flush=True)
-        else:
-            print(f"{self._bar()} {case_id} {status} {seconds:.1f}s", file=sys.stderr, flush=True)
+        if self.bar is not None:
+            if status != "ok":
+                self.bar.write(f"{case.case_id}: {status}", file=self.stream)
+            self.bar.update(1)
+            return
+        elapsed = tqdm.format_interval(time.monotonic() - self.start)
+        print(f"[{self.count}/{self.total}] {elapsed} elapsed, ETA {self.eta()} | {describe(case)}: {status} "
+              f"in {seconds:.1f} s ({case.case_id})", file=self.stream, flush=True)
+
+    def close(self):
+        self._stop.set()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
