@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from bench import run as run_suite
+from bench.show import progress
 from bench.suite import UsageError
 
 RUNS_DIR = Path("results/runs")
@@ -43,9 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, where a closed pipe can still be caught
         return code
     except UsageError as e:
+        progress.clear_status()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        progress.clear_status()
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
@@ -129,8 +132,6 @@ def build_parser() -> Parser:
 # ---- run ----
 
 def cmd_run(args) -> int:
-    # At once, before seconds of imports: what is happening.
-    print("python -m bench: loading torch and the models", file=sys.stderr, flush=True)
     if args.early_start and not args.dry_run:
         from bench.measure import isolation
 

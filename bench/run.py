@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.show import progress
 from bench.show.progress import Progress
 from bench.suite import MAX_BATCH, backend_unusable
 
@@ -40,6 +41,7 @@ def dry_run(suite, cases, device: str) -> int:
     from bench.measure.runner import estimate
     from bench.show.units import size as _size
 
+    progress.clear_status()
     print(f"suite {suite.name} ({suite.path}): {len(cases)} cases for {device}, {suite.repeats} repeats")
     print(f"{'case_id':<72} {'params':>14} {'weights':>11} {'kv cache':>11}")
     for case in cases:
@@ -67,6 +69,7 @@ def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: b
     try:
         env = _execute(suite, cases, run, out, present, resumed)
     except KeyboardInterrupt:
+        progress.clear_status()
         print(f"interrupted: finish with `python -m bench run --resume {out}`", file=sys.stderr, flush=True)
         return 130
     finish(out, env)
@@ -85,9 +88,10 @@ def _execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: 
     else:
         (out / "suite.toml").write_text(suite.text)
         dtypes = sorted({c.dtype for c in cases})
-        print(f"measuring this machine ({device}: copy bandwidth, matmul rate)", file=sys.stderr, flush=True)
+        progress.status(f"measuring this machine ({device}: copy bandwidth, matmul rate)")
         answer = runner.run_isolated(runner.machine_info, device, dtypes, threads=run.threads)
         if answer[0] != "ok":
+            progress.clear_status()
             print(f"warning: measuring this machine failed ({answer[1]}); ceilings left empty", file=sys.stderr)
         machine = answer[1] if answer[0] == "ok" else {}
         env = environment(suite, run, machine, present, cases)
@@ -95,6 +99,7 @@ def _execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: 
 
     todo = [c for c in cases if c.case_id not in done]
     injections = [item.partition(":")[::2] for item in os.environ.get(INJECT_ENV, "").split(",") if item]
+    progress.clear_status()
     print(f"{suite.name}: {len(todo)} of {len(cases)} cases to run on {device} -> {out}", file=sys.stderr)
     if suite.memory_cap_gb is not None and device != "cuda":
         print(f"note: memory_cap_gb = {suite.memory_cap_gb:g} is enforced on CUDA only: not applied on {device}",

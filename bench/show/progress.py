@@ -1,4 +1,5 @@
-"""Progress of a run on stderr: on a terminal a tqdm bar with elapsed time, ETA and the case in
+"""Progress of a run on stderr: on a terminal a status line at once (what is being loaded or
+measured, erased by what comes next) and then a tqdm bar with elapsed time, ETA and the case in
 words, redrawn every second while a case runs; elsewhere (logs, CI) one line per finished case."""
 
 from __future__ import annotations
@@ -11,6 +12,28 @@ import time
 from tqdm import tqdm
 
 from bench.show import units
+
+_status_shown = False
+
+
+def status(text: str, stream=None):
+    """On a terminal, say what is happening now on a line that the next output replaces (so a
+    usage error found meanwhile is still the only line). Off a terminal, nothing."""
+    global _status_shown
+    stream = stream or sys.stderr
+    if stream.isatty():
+        stream.write(f"\r\033[K{text} ...")
+        stream.flush()
+        _status_shown = True
+
+
+def clear_status(stream=None):
+    global _status_shown
+    if _status_shown:
+        stream = stream or sys.stderr
+        stream.write("\r\033[K")
+        stream.flush()
+        _status_shown = False
 
 
 def describe(case) -> str:
@@ -36,6 +59,7 @@ class Progress:
         self.tty = self.stream.isatty()
         self.bar = None
         self._stop = threading.Event()
+        clear_status(self.stream)
         if self.tty and total:
             try:  # a terminal that reports no size (0 x 0) would get an empty, hidden bar
                 size = os.get_terminal_size(self.stream.fileno())
