@@ -331,17 +331,21 @@ def history_section(runs: list[Run]) -> str:
         fmt = HISTORY_METRICS[metric]
         change = g["value"].iloc[-1] / g["value"].iloc[0] if g["value"].iloc[0] else math.nan
         worse = (change > 1) == LOWER_IS_BETTER[metric] and change != 1
-        rows.append(f'<tr><td data-v="{esc(case)}">{esc(case)}</td><td data-v="{metric}">{esc(metric)}</td>'
-                    f"<td>{trend_svg(g, fmt, n_commits)}</td>"
-                    f'<td data-v="{sort_key(g["value"].iloc[0])}">{esc(fmt(g["value"].iloc[0]))}</td>'
-                    f'<td data-v="{sort_key(g["value"].iloc[-1])}">{esc(fmt(g["value"].iloc[-1]))}</td>'
-                    f'<td data-v="{sort_key(change)}" class="{"worse" if worse else ""}">{esc(units.ratio(change))}'
-                    f"</td></tr>")
+        moved = abs(math.log(change)) if change > 0 else math.inf  # NaN (no change known) sorts last
+        rows.append((-moved if moved == moved else math.inf,
+                     f'<tr><td data-v="{esc(case)}">{esc(case)}</td><td data-v="{metric}">{esc(metric)}</td>'
+                     f"<td>{trend_svg(g, fmt, n_commits)}</td>"
+                     f'<td data-v="{sort_key(g["value"].iloc[0])}">{esc(fmt(g["value"].iloc[0]))}</td>'
+                     f'<td data-v="{sort_key(g["value"].iloc[-1])}">{esc(fmt(g["value"].iloc[-1]))}</td>'
+                     f'<td data-v="{sort_key(change)}" class="{"worse" if worse else ""}">{esc(units.ratio(change))}'
+                     f"</td></tr>"))
     if not rows:
         return "<p>No case ran at two commits.</p>"
+    rows = [html_row for _, html_row in sorted(rows, key=lambda r: r[0])]  # what moved most, first
     return ('<p>Each case and metric over the commits of these runs, oldest first (runs of one commit pooled: '
-            "the median, bars the runs' range; a single run's bars are its spread). Hover a point for its "
-            'value. <label>Filter: <input id="history-filter" type="search" placeholder="case or metric"></label>'
+            "the median, bars the runs' range; a single run's bars are its spread), what moved most first. "
+            'Hover a point for its value. <label>Filter: <input id="history-filter" type="search" '
+            'placeholder="case or metric"></label>'
             '</p><div class="scroll"><table id="history" class="sortable"><thead><tr><th>case_id</th><th>metric</th>'
             "<th>trend (axis from 0)</th><th>first</th><th>last</th><th>last / first</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table></div>")

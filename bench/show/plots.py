@@ -58,8 +58,16 @@ def add_tips(ax, xs, ys, tips, color=None):
         if not (np.isfinite(x) and np.isfinite(y)):
             continue
         gid = f"tip{len(store)}"
-        ax.plot([x], [y], linestyle="none", marker="o", markersize=11, alpha=0.0, color=color or "k", gid=gid)
+        ax.plot([x], [y], linestyle="none", marker="o", markersize=11, alpha=0.0, color=color or "k", gid=gid,
+                zorder=10)  # above every line and bar: the pointer finds it first
         store[gid] = tip
+
+
+class _HumanLogFormatter(matplotlib.ticker.LogFormatter):
+    """Log-axis ticks as plain numbers (200, 1,000), labelled where matplotlib would label them."""
+
+    def __call__(self, x, pos=None):
+        return units.sig(x) if super().__call__(x, pos) else ""
 
 
 def _scale_y(ax, log: bool, what: str):
@@ -69,6 +77,8 @@ def _scale_y(ax, log: bool, what: str):
     ax.relim()
     ax.autoscale(axis="y")
     if log:
+        ax.yaxis.set_major_formatter(_HumanLogFormatter())
+        ax.yaxis.set_minor_formatter(_HumanLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
         ax.set_ylabel(f"{what} (log scale)")
     else:
         ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-12))
