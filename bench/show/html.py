@@ -9,7 +9,6 @@ plotting library's bundled JS would add megabytes to every committed report."""
 
 from __future__ import annotations
 
-import datetime
 import html
 import io
 import json
@@ -447,9 +446,9 @@ def page(runs: list[Run], rendered: list[Rendered] | None = None) -> str:
                      ("history", "History over commits", history_section(runs))]
     nav = "".join(f'<a href="#{k}">{esc(t)}</a>' for k, t, _ in sections)
     body = "".join(f'<section id="{k}"><h2>{esc(t)}</h2>{content}</section>' for k, t, content in sections)
-    made = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    # nothing of the moment it was written: the same runs give the same page (committed reports)
     subtitle = (f"{esc(run.path)}: commit {esc(run.commit[:12])}, {esc(run.when[:19].replace('T', ' '))}; "
-                f"cases: {esc(counts)}. Page written {made}.")
+                f"cases: {esc(counts)}.")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
             f"<style>{CSS}</style></head><body><header><h1>{esc(title)}</h1><p>{subtitle}</p></header>"
