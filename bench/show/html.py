@@ -21,7 +21,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bench.show import plots, report, spread, units, verdicts
+from bench.show import paper, plots, report, spread, units, verdicts
 
 HISTORY_METRICS = {"prefill_ms": units.ms, "decode_tok_s": units.tok_s, "peak_mem_decode_bytes": units.size,
                    "kv_cache_bytes": units.size}
@@ -203,6 +203,13 @@ def tables_section(run: Run) -> str:
     if len(ratios):
         parts += ["<h3>YOCO against the Transformer baseline</h3><p>Ratios above 1 favour YOCO.</p>",
                   table(report.Table(ratios, report.ratio_formats(ratios)))]
+    found = paper.cells(df)
+    if found:
+        frame = pd.DataFrame([{"figure (YOCO's advantage)": c.figure.label, "paper (3B, H100)": c.figure.paper,
+                               "YOCO": c.arch, "here": c.ratio, "how": c.how, "detail": c.detail} for c in found])
+        parts += ["<h3>The paper's figures</h3><p>The YOCO paper's headline ratios beside this run's; per cell "
+                  "whether both sides were measured or the baseline's came from a formula (bench/show/paper.py)."
+                  "</p>", table(report.Table(frame, {"paper (3B, H100)": units.ratio, "here": units.ratio}))]
     if (df["status"] == "ok").any():
         what = spread.words(df[df["status"] == "ok"], "prefill_ms") or "no spread recorded"
         parts += [f"<h3>All measured cases</h3><p>Medians; spread: {esc(what)}. Click a column to sort.</p>",
