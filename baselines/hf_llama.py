@@ -77,6 +77,16 @@ class HFStaticCache(ModelCache):
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for pair in self.layer_tensors() for t in pair)
 
+    def set_length(self, length: int):
+        """Also HF's own write positions (transformers >= 4.56 counts per layer, on the device)."""
+        super().set_length(length)
+        for layer in getattr(self.static, "layers", ()):
+            counter = getattr(layer, "cumulative_length", None)
+            if isinstance(counter, torch.Tensor):
+                counter.fill_(length)
+            elif counter is not None:
+                layer.cumulative_length = length
+
 
 # transformers < 4.56 wrote the cache where `cache_position` said; later ones count themselves.
 def _needs_cache_position() -> bool:
@@ -107,7 +117,9 @@ class HFLlama(CausalLM):
         return self.hf(input_ids=tokens, use_cache=False).logits
 
     def _prefill(self, tokens, cache):
-        cache.static.reset()  # a new sequence from position 0
+        # Writes from position 0: prefill() (or the timed loop, off the clock) has rewound the
+        # cache with set_length(0); HF's reset() would also zero every key and value, work our
+        # models do not do (keys past the position are masked out).
         extra = {}
         if self._cache_position:
             extra["cache_position"] = torch.arange(tokens.shape[1], device=tokens.device)
@@ -143,6 +155,13 @@ class HFLlama(CausalLM):
         """Bytes of allocate_cache(batch_size, seq_len): the same layout as our Transformer's."""
         c = self.config
         return c.n_layers * 2 * batch_size * c.n_kv_heads * seq_len * c.head_dim * self.dtype.itemsize
+
+    def decode_bytes_per_step(self, batch_size: int, context: int) -> int:
+        """Bytes one step moves at `context` cached tokens (see CausalLM): the weights, and per
+        layer one key and value written and its cache at context + 1 read (as our Transformer)."""
+        c = self.config
+        per_layer = 2 * batch_size * c.n_kv_heads * (context + 2) * c.head_dim * self.dtype.itemsize
+        return self._weight_bytes_per_step(batch_size) + c.n_layers * per_layer
 
     @torch.no_grad()
     def load_transformer(self, transformer) -> HFLlama:

@@ -58,6 +58,13 @@ class Transformer(CausalLM):
         c = self.config
         return c.n_layers * KVCache.nbytes_for(batch_size, c.n_kv_heads, seq_len, c.head_dim, self.dtype.itemsize)
 
+    def decode_bytes_per_step(self, batch_size: int, context: int) -> int:
+        """Bytes one step moves at `context` cached tokens (see CausalLM): the weights, and per
+        layer its new key and value written and its own cache at context + 1 read."""
+        c = self.config  # context + 1 slots read, one written: context + 2 slots' worth
+        cache = KVCache.nbytes_for(batch_size, c.n_kv_heads, context + 2, c.head_dim, self.dtype.itemsize)
+        return self._weight_bytes_per_step(batch_size) + c.n_layers * cache
+
 
 def from_preset(name: str, *, device=None, dtype=None, **overrides) -> Transformer:
     """The baseline twin of a YOCO preset (parameter-matched within 5%)."""

@@ -73,6 +73,10 @@ def build_parser() -> Parser:
     run.add_argument("--shard", default=None, help="I/N: run every N-th case starting at the I-th (1-based)")
     run.add_argument("--only", default=None, help="CASE_ID[,CASE_ID...]: run just these cases of the suite")
     run.add_argument("--repeats", type=int, default=None, help="timed repeats per phase (default: the suite's)")
+    run.add_argument("--processes", type=int, default=None, metavar="N",
+                     help="run each case in N separate processes, interleaved across cases; results.csv gets the "
+                          "median of their medians with a 95%% confidence interval (6 or more for an interval; "
+                          "default 1)")
     run.add_argument("--threads", type=int, default=None,
                      help="CPU threads per case (default: the suite's, else torch's: all cores)")
     run.add_argument("--dry-run", action="store_true", help="list cases with estimated weight and cache bytes")
@@ -163,6 +167,9 @@ def cmd_run(args) -> int:
     repeats = args.repeats if args.repeats is not None else saved_env.get("repeats", suite.repeats)
     if repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {repeats}")
+    processes = args.processes if args.processes is not None else saved_env.get("processes", 1)
+    if processes < 1:
+        raise UsageError(f"--processes must be >= 1, got {processes}")
     threads = args.threads if args.threads is not None else saved_env.get("threads_requested", suite.threads)
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
@@ -182,6 +189,7 @@ def cmd_run(args) -> int:
         from yoco import backends
 
         present = backends.detect()  # import them for real: a broken install counts as absent
+    suites.check_decode_modes_usable(cases, device)
     suites.check_archs_usable(cases)
 
     if args.resume is not None:
@@ -190,7 +198,7 @@ def cmd_run(args) -> int:
         out = args.out or _default_out(suite.name, device)
         _check_writable(out)
     run = run_suite.RunSettings(device, repeats, threads, shard_text, only_text,
-                                tuple(args.arch_module or saved_env.get("arch_modules_cli") or ()))
+                                tuple(args.arch_module or saved_env.get("arch_modules_cli") or ()), processes)
     return run_suite.execute(suite, cases, run, out, present, resumed=args.resume is not None)
 
 

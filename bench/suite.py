@@ -17,6 +17,7 @@ Grammar (the built-in suites in bench/suites/ use the same one as a user's own f
     arch = ["yoco-gret", "yoco-swa", "transformer"]
     preset = ["tiny"]
     seq_len = [128, 256]
+    decode_mode = ["graph"]          # eager (default) | graph (CUDA graph capture, CUDA only) | compile
 
     [[sweep]]                        # optional; each sweep overrides some axes of [axes]
     seq_len = [512]
@@ -47,7 +48,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
 
 AXIS_DEFAULTS = dict(arch="yoco-gret", preset="tiny", batch=1, seq_len=128, gen_len=16, window=64,
-                     bitnet="none", dtype="float32", backend="torch", compile=False)
+                     bitnet="none", dtype="float32", backend="torch", decode_mode="eager")
+# How the decode step runs (bench.measure.decoding): eager, graph (CUDA graph capture: the GPU
+# suites' choice) or compile (torch.compile). The word each puts in the case id: "eager" and
+# "compiled" as before this axis replaced the boolean `compile`.
+DECODE_MODES = {"eager": "eager", "graph": "graph", "compile": "compiled"}
 AXES = tuple(AXIS_DEFAULTS)
 SUITE_KEYS = ("description", "devices", "repeats", "warmup", "threads", "time_budget_s", "arch_modules",
               "memory_cap_gb")
@@ -72,13 +77,13 @@ class Case:
     bitnet: str
     dtype: str
     backend: str
-    compile: bool
+    decode_mode: str
 
     @property
     def case_id(self) -> str:
         """Stable across machines and commits: built from the axis values only."""
         window = f"w{self.window}" if self.window is not None else "wna"
-        mode = "compiled" if self.compile else "eager"
+        mode = DECODE_MODES[self.decode_mode]
         return (f"{self.arch}-{self.preset}-b{self.batch}-s{self.seq_len}-g{self.gen_len}-{window}-"
                 f"{self.bitnet}-{self.dtype}-{self.backend}-{mode}")
 
@@ -194,6 +199,9 @@ def parse_suite(text: str, path: Path, arch_modules=()) -> Suite:
 
 
 def _expand(path: Path, axes: dict, excludes: list) -> list[Case]:
+    if "compile" in axes:
+        raise UsageError(f"{path}: axis 'compile' is now decode_mode: compile = true is decode_mode = \"compile\" "
+                         f"(valid modes are {', '.join(DECODE_MODES)})")
     unknown = set(axes) - set(AXES)
     if unknown:
         raise UsageError(f"{path}: unknown axis {sorted(unknown)[0]!r}: valid axes are {', '.join(AXES)}")
@@ -258,9 +266,8 @@ def _validate(path: Path, name: str, value):
             if part not in BACKEND_PARTS:
                 raise UsageError(f"{path}: unknown backend part {part!r} in {value!r}: "
                                  f"valid parts are {', '.join(BACKEND_PARTS)}")
-    elif name == "compile":
-        if not isinstance(value, bool):
-            raise UsageError(f"{path}: compile values must be true or false, got {value!r}")
+    elif name == "decode_mode":
+        _check(path, name, value, tuple(DECODE_MODES))
     elif name == "batch" and value == MAX_BATCH:
         pass
     elif name in ("batch", "seq_len", "gen_len", "window"):
@@ -277,6 +284,14 @@ def check_archs_usable(cases: list[Case]):
         reason = archs.get(name).unusable()
         if reason:
             raise UsageError(f"{reason}, or drop it from the suite")
+
+
+def check_decode_modes_usable(cases: list[Case], device: str):
+    """decode_mode "graph" captures CUDA graphs: a usage error for a real run on another device."""
+    graph = [c for c in cases if c.decode_mode == "graph"]
+    if graph and device != "cuda":
+        raise UsageError(f"decode_mode 'graph' (case {graph[0].case_id}) captures CUDA graphs: it needs --device "
+                         f"cuda; on {device} use eager or compile")
 
 
 def optional_parts(cases: list[Case]) -> set[str]:

@@ -8,11 +8,11 @@ did not measure, except where a value says "(formula)" and its detail says which
 Rows count when status is ok (for "fits", a row that ran out of memory or was skipped as too
 big counts too), batch 1, bfloat16, bitnet none and (unless --any-device) device cuda: the
 targets are for a GPU in bf16. Where several rows match one figure (two runs, or eager and
-compiled), the least favourable one is reported.
+graph-captured), the least favourable one is reported.
 
 Targets:
 - decode MBU >= 0.7 at 3b with a 4K context, for transformer, hf-llama, yoco-gret and yoco-swa
-  (compiled rows where there are any, else eager);
+  (rows whose decode ran as CUDA graphs, decode_mode graph or compile, where there are any, else eager);
 - prefill MFU >= 0.5 for transformer at 8K..32K tokens;
 - YOCO prefill linear in N: least-squares slope of log(prefill_ms) on log(seq_len) over the
   lengths >= 32K (at least two; rows of all the runs given, the median where a length repeats)
@@ -68,6 +68,7 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[dict]]:
         env = json.loads(env_path.read_text())
         df = pd.read_csv(csv_path, keep_default_na=False, na_values=[""])
         df["run"] = str(d)
+        df["decode_mode"] = decode_modes(df)
         frames.append(df)
         envs.append(env)
     return pd.concat(frames, ignore_index=True), envs
@@ -81,8 +82,17 @@ def in_scope(df: pd.DataFrame, any_device: bool) -> pd.DataFrame:
     return df[keep]
 
 
-def _compile_flag(series: pd.Series) -> pd.Series:
-    return series.astype(str).str.lower().isin(("true", "1"))
+def decode_modes(df: pd.DataFrame) -> pd.Series:
+    """Each row's decode_mode (a run from before that column: its boolean `compile`)."""
+    if "decode_mode" in df:
+        return df["decode_mode"].fillna("eager").astype(str)
+    if "compile" in df:
+        return df["compile"].astype(str).str.lower().isin(("true", "1")).map({True: "compile", False: "eager"})
+    return pd.Series("eager", index=df.index)
+
+
+def _mode_words(mode) -> str:
+    return "" if str(mode) == "eager" else f" {mode}"
 
 
 def _fmt_len(n) -> str:
@@ -100,14 +110,14 @@ def decode_mbu(df: pd.DataFrame) -> list[Result]:
         for arch in ("transformer", "hf-llama", *YOCO_ARCHS):
             rows = df[(df["arch"] == arch) & (df["preset"] == preset) & (df["seq_len"] == 4096)]
             rows = rows[rows["decode_mbu"].notna()]
-            compiled = rows[_compile_flag(rows["compile"])]
+            compiled = rows[rows["decode_mode"] != "eager"]
             rows = compiled if len(compiled) else rows
             scope = f"{arch} {preset} 4K"
             if rows.empty:
                 out.append(Result("decode MBU >= 0.7", scope, NOT_MEASURED, "-"))
                 continue
             worst = rows.loc[rows["decode_mbu"].idxmin()]
-            mode = "compiled" if len(compiled) else "eager only"
+            mode = f"decode_mode {worst['decode_mode']}" if len(compiled) else "eager only"
             out.append(Result("decode MBU >= 0.7", scope, MET if worst["decode_mbu"] >= MBU_TARGET else NOT_MET,
                               f"{worst['decode_mbu']:.3f}", f"{mode}; {worst['case_id']} in {worst['run']}"))
     return out
@@ -140,7 +150,7 @@ def prefill_curve(rows: pd.DataFrame) -> pd.Series:
 def yoco_prefill_slope(df: pd.DataFrame) -> list[Result]:
     out = []
     rows = df[df["arch"].isin(YOCO_ARCHS) & (df["seq_len"] >= 32768) & df["prefill_ms"].notna()]
-    keys = ["arch", "preset", "window", "backend", "compile"]
+    keys = ["arch", "preset", "window", "backend", "decode_mode"]
     for key, group in rows.groupby(keys, dropna=False):
         curve = prefill_curve(group)
         if len(curve) < 2:
@@ -148,7 +158,7 @@ def yoco_prefill_slope(df: pd.DataFrame) -> list[Result]:
         arch, preset, window, backend, compiled = key
         slope = loglog_slope(curve.index, curve.values)
         w = f" w{int(window)}" if arch == "yoco-swa" and not pd.isna(window) else ""
-        scope = (f"{arch}{w} {preset} {backend}{' compiled' if str(compiled).lower() == 'true' else ''}, "
+        scope = (f"{arch}{w} {preset} {backend}{_mode_words(compiled)}, "
                  f"{_fmt_len(curve.index.min())}-{_fmt_len(curve.index.max())}")
         out.append(Result("YOCO prefill slope < 1.2", scope, MET if slope < SLOPE_TARGET else NOT_MET,
                           f"{slope:.3f}", f"{len(curve)} lengths from {', '.join(sorted(set(group['run'])))}"))
@@ -195,7 +205,7 @@ def fits_1m(df: pd.DataFrame, scoped: pd.DataFrame) -> list[Result]:
 
 
 def ours_vs_hf(df: pd.DataFrame) -> list[Result]:
-    keys = ["run", "preset", "seq_len", "backend", "compile"]
+    keys = ["run", "preset", "seq_len", "backend", "decode_mode"]
     cols = keys + ["prefill_ms", "decode_ms_per_step"]
     joined = pd.merge(df[df["arch"] == "transformer"][cols], df[df["arch"] == "hf-llama"][cols], on=keys,
                       suffixes=("_ours", "_hf")).set_index(keys)
@@ -207,7 +217,7 @@ def ours_vs_hf(df: pd.DataFrame) -> list[Result]:
         run, preset, seq_len, backend, compiled = key
         for col, label in (("prefill_ms", "prefill"), ("decode_ms_per_step", "decode")):
             a, b = r[f"{col}_hf"], r[f"{col}_ours"]
-            scope = f"{label} {preset} {_fmt_len(seq_len)}{' compiled' if str(compiled).lower() == 'true' else ''}"
+            scope = f"{label} {preset} {_fmt_len(seq_len)}{_mode_words(compiled)}"
             if not (a > 0 and b > 0):
                 out.append(Result("transformer at least as fast as hf-llama", scope, NOT_MEASURED, "-"))
                 continue

@@ -39,13 +39,14 @@ class Call:
 
 
 def probe_cases(suites: list[str], max_seq_len: int | None = None):
-    """The distinct cases of the suites, BitNet set aside, in suite order."""
+    """The distinct cases of the suites, BitNet and the decode mode set aside (the probe runs the
+    eager step, whose kernels a graph replays), in suite order."""
     from bench.suite import load_suite
 
     seen, cases = set(), []
     for name in suites:
         for case in load_suite(name).cases:
-            case = dataclasses.replace(case, bitnet="none")
+            case = dataclasses.replace(case, bitnet="none", decode_mode="eager")
             if (max_seq_len and case.seq_len > max_seq_len) or case.case_id in seen:
                 continue
             seen.add(case.case_id)

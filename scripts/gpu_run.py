@@ -69,7 +69,7 @@ COPY_BYTES_S = 4.3e12  # device copy, bytes read + written
 PREFILL_FRACTION = {"transformer": 0.45, "hf-llama": 0.4, "yoco-swa": 0.3, "yoco-gret": 0.25}
 GRET_TORCH_FRACTION = 0.08  # the PyTorch chunk form (elementwise-heavy) when fla-core is absent
 DECODE_FRACTION = 0.6
-DECODE_STEP_FLOOR_S = {"hf-llama": 0.010}  # eager HF: launch-bound; ours: one graph replay per step
+DECODE_STEP_FLOOR_S = {"hf-llama": 0.010}  # eager HF: launch-bound (decode_mode graph: one replay per step)
 SECTION_START_S = 12  # python -m bench run: imports, the case server, copy and matmul rates, plots at the end
 CASE_START_S = 4  # fork, CUDA context, meta estimate, building the model on the GPU, calibration
 HF_IMPORT_S = 4  # transformers, in the case process
@@ -126,7 +126,7 @@ class Stopped(Exception):
 
 def shrink_suite(text: str) -> str:
     """A section's suite at CPU-test size: preset tiny, float32, lengths / 512 (at least 32),
-    the window / 16, at most 4 decode steps, 2 repeats, one thread. For checking this script's
+    the window / 16, at most 4 decode steps, eager decode, 2 repeats, one thread. For checking this script's
     plumbing without a GPU: its figures are CPU figures and check_targets counts none of them."""
     from bench.suite import tomllib
 
@@ -136,7 +136,8 @@ def shrink_suite(text: str) -> str:
                 description="plumbing check at tiny size (scripts/gpu_run.py --device cpu): " + meta.get(
                     "description", ""))
     fix = dict(preset=lambda v: "tiny", dtype=lambda v: "float32", seq_len=lambda v: max(32, v // 512),
-               window=lambda v: max(16, v // 16), gen_len=lambda v: min(v, 4))
+               window=lambda v: max(16, v // 16), gen_len=lambda v: min(v, 4),
+               decode_mode=lambda v: "eager" if v == "graph" else v)  # CUDA graphs: CUDA only
     tables = [data.get("axes", {})] + data.get("sweep", [])
     tables += [e for t in tables for e in t.get("exclude", [])]
     for table in tables:
@@ -197,7 +198,7 @@ def estimate_case_s(case, repeats: int, warmup: int, time_budget_s: float | None
     activations = 2 * activation_values_per_token(config) * min(case.seq_len, chunk or case.seq_len) * case.batch
     likely_oom = bool(cap_bytes and e["estimated_bytes"] + activations > cap_bytes)
     note = f"likely out of memory (~{(e['estimated_bytes'] + activations) / 1e9:.0f} GB)" if likely_oom else ""
-    if case.arch != "hf-llama":
+    if case.decode_mode == "graph":
         fixed += GRAPH_CAPTURE_S
     if gret_on_fla:
         fixed += FLA_S
@@ -214,10 +215,14 @@ def estimate_case_s(case, repeats: int, warmup: int, time_budget_s: float | None
         return fixed + prefill_s * 2 / config.n_layers, note
     if time_budget_s:
         repeats = max(1, min(repeats, int(time_budget_s // max(prefill_s, 1e-9))))
-    prefills = max(warmup - 1, 0) + 1 + repeats
+    prefills = max(1, warmup - 1) + 1 + repeats  # warm-up (>= 1 call), the memory pass, the timed ones
     decode_bytes = e["weight_bytes"] + e["kv_cache_bytes_formula"]  # an upper bound of a step's reads
-    step_s = max(decode_bytes / (DECODE_FRACTION * COPY_BYTES_S), DECODE_STEP_FLOOR_S.get(case.arch, 0.0))
-    steps = max(warmup - 1, 0) * min(2, case.gen_len) + 2 * case.gen_len
+    floor = DECODE_STEP_FLOOR_S.get(case.arch, 0.0) if case.decode_mode == "eager" else 0.0
+    step_s = max(decode_bytes / (DECODE_FRACTION * COPY_BYTES_S), floor)
+    # bench.measure.phases: warm-up (>= 25 ms, >= 2 steps), a memory pass of gen_len steps, then
+    # `repeats` samples of whole gen_len-step passes, each sample >= 50 ms
+    passes = max(1, math.ceil(0.05 / (case.gen_len * step_s)))
+    steps = max(2, warmup, math.ceil(0.025 / step_s)) + case.gen_len + repeats * passes * case.gen_len
     return fixed + prefills * prefill_s + steps * step_s, note
 
 

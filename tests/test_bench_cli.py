@@ -111,9 +111,15 @@ def test_smoke_end_to_end(smoke_run):
 
     env = json.loads((out / "env.json").read_text())
     for key in ("suite", "device", "device_name", "git_commit", "versions", "threads", "backends",
-                "copy_bandwidth_bytes_s", "matmul_flops_s", "memory_measurement"):
+                "copy_bandwidth_bytes_s", "read_bandwidth_bytes_s", "matmul_flops_s", "memory_measurement",
+                "timing", "calibration", "datasheet", "ceilings_after", "ceiling_drift", "ceiling_drifted"):
         assert key in env, key
     assert env["suite"] == "smoke" and env["copy_bandwidth_bytes_s"] > 0 and env["matmul_flops_s"] > 0
+    assert env["read_bandwidth_bytes_s"] > 0 and env["ceilings_after"]["read_bandwidth_bytes_s"] > 0
+    assert env["datasheet"]["name"] is None  # a CPU has no data-sheet peak
+    assert {r["processes"] for r in results} == {"1"} and {r["prefill_ms_ci_low"] for r in results} == {""}
+    assert {s["process"] for s in samples} == {"0"}
+    assert {r["decode_mode"] for r in results} == {"eager"}
 
     pngs = sorted((out / "plots").glob("*.png"))
     assert {p.stem for p in pngs} >= {"prefill_latency", "decode_throughput", "peak_memory", "kv_cache"}
@@ -309,6 +315,46 @@ def test_only_runs_just_the_named_cases(tmp_path, mini_suite):
                      "--out", str(out), "--repeats", "1"]) == 0
     assert [r["case_id"] for r in rows(out / "results.csv")] == wanted
     assert {r["repeats"] for r in rows(out / "results.csv")} == {"1"}
+
+
+def test_processes_interleave_and_combine(tmp_path, mini_suite):
+    """--processes 2: each case in two processes, every case once before any twice; one
+    combined row per case, each process's own row in processes.csv, samples tagged."""
+    wanted = [c.case_id for c in load_suite(str(mini_suite)).cases][:2]
+    out = tmp_path / "procs"
+    assert cli.main(["run", "--suite", str(mini_suite), "--only", ",".join(wanted), "--device", "cpu",
+                     "--out", str(out), "--repeats", "1", "--processes", "2"]) == 0
+    per_process = rows(out / "processes.csv")
+    assert [(r["case_id"], r["process"]) for r in per_process] == [(wanted[0], "0"), (wanted[1], "0"),
+                                                                    (wanted[0], "1"), (wanted[1], "1")]
+    results = rows(out / "results.csv")
+    assert [r["case_id"] for r in results] == wanted and {r["processes"] for r in results} == {"2"}
+    for r in results:
+        mine = [float(p["decode_ms_per_step"]) for p in per_process if p["case_id"] == r["case_id"]]
+        assert float(r["decode_ms_per_step"]) == pytest.approx(sum(mine) / 2)  # the median of two
+        assert r["decode_ms_per_step_ci_low"] == ""  # two processes: no 95% interval
+    assert sorted(s["process"] for s in rows(out / "samples.csv")) == ["0"] * 4 + ["1"] * 4
+    assert json.loads((out / "env.json").read_text())["processes"] == 2
+
+
+def test_repair_keeps_finished_processes_of_an_unfinished_case(tmp_path):
+    """After a kill with --processes: the case in flight loses only its unfinished process."""
+    report.append_rows(tmp_path / "results.csv", report.COLUMNS, [dict(case_id="done", status="ok")])
+    report.append_rows(tmp_path / report.PROCESSES_FILE, report.PROCESS_COLUMNS,
+                       [dict(case_id="done", status="ok", process=0), dict(case_id="done", status="ok", process=1),
+                        dict(case_id="half", status="ok", process=0, prefill_ms=2.5, cuda_graph_replayed=False)])
+    samples = [dict(case_id=c, metric="prefill_ms", repeat=0, value=1.0, process=p)
+               for c, p in (("done", 0), ("done", 1), ("half", 0), ("half", 1))]
+    report.append_rows(tmp_path / "samples.csv", report.SAMPLE_COLUMNS, samples)
+    with open(tmp_path / "samples.csv", "a") as f:
+        f.write("half,prefill_ms,1,0.5")  # torn by the kill
+    done, partial = report.repair(tmp_path)
+    assert done == {"done"} and list(partial) == ["half"]
+    (row, kept), = partial["half"]
+    assert row["prefill_ms"] == 2.5 and row["cuda_graph_replayed"] is False and row["process"] == 0
+    assert [(s["case_id"], s["process"]) for s in kept] == [("half", 0)]
+    assert [(s["case_id"], s["process"]) for s in rows(tmp_path / "samples.csv")] == [
+        ("done", "0"), ("done", "1"), ("half", "0")]
 
 
 def test_plot_regenerates_from_csv_alone(tmp_path, mini_run):

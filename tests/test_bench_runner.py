@@ -1,5 +1,6 @@
-"""The measuring parts: analytic FLOPs against torch's own counter, bytes per decode step, the
-CPU peak-memory tracker, quantiles, calibration, and process isolation."""
+"""The measuring parts: analytic FLOPs against torch's own counter and by dtype, MFU, the
+data-sheet table, the CPU peak-memory tracker, calibration, a case end to end (fixed-context
+decode samples, one estimator), and process isolation. Nothing timed is asserted."""
 
 import math
 import os
@@ -15,9 +16,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import baselines
 import yoco
-from bench.measure import isolation, roofline, runner, trackers
-from bench.measure.trackers import PeakMemory, nvml_used_bytes, quantiles, time_ms
+from bench.measure import aggregate, isolation, peaks, phases, roofline, runner, trackers
+from bench.measure.timing import quantiles, time_ms
+from bench.measure.trackers import PeakMemory, nvml_used_bytes
+from bench.show import columns
 from bench.suite import Case
+from yoco.ops.retention import GROUP_TOKENS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,8 +35,10 @@ def tiny(arch, **overrides):
 @pytest.mark.parametrize("arch", ["transformer", "yoco-swa", "yoco-gret"])
 @pytest.mark.parametrize("seq_len", [64, 200])
 def test_dense_prefill_flops_match_torch_flop_counter(arch, seq_len):
-    """The matmuls torch counts (mm, bmm) are exactly the formula's dense part; its attention
-    part is what SDPA computes and the counter does not see on CPU."""
+    """The matmuls torch counts (mm) are exactly the formula's linear and LM head parts; gRet's
+    chunk products (bmm) are what the chunk form executes: the useful part plus the padding of
+    the last chunk and the upper triangles. Attention is what SDPA computes and the counter does
+    not see on CPU."""
     torch.manual_seed(0)
     model = tiny(arch, **({"window": 48} if arch == "yoco-swa" else {}))
     batch = 2
@@ -41,11 +47,71 @@ def test_dense_prefill_flops_match_torch_flop_counter(arch, seq_len):
     with FlopCounterMode(display=False) as counter:
         model.prefill(tokens, cache)
     counted = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
-    dense = counted.pop("aten.mm", 0) + counted.pop("aten.bmm", 0)
     parts = roofline.prefill_flops_parts(model.config, arch, batch, seq_len)
-    assert dense == parts["dense"]
+    assert counted.pop("aten.mm", 0) == parts["linear"] + parts["lm_head"]
+    c = model.config
+    if arch == "yoco-gret":  # executed: every chunk whole (C x C), padding included, groups' [n, n] products
+        C, d, dh = min(c.chunk_size, seq_len), c.d_model, c.d_model // c.n_self_heads
+        group = max(1, GROUP_TOKENS // C) * C
+        executed = 0
+        for start in range(0, seq_len, group):
+            n = -(-(min(seq_len, start + group) - start) // C)
+            executed += 4 * n * C * C * d + 4 * n * C * d * dh + 2 * n * n * d * dh
+        executed *= batch * c.n_self_layers
+        assert counted.pop("aten.bmm", 0) == executed > parts["retention"] > 0
     assert parts["attention"] > 0 or arch == "yoco-gret"
-    assert roofline.prefill_flops(model.config, arch, batch, seq_len) == parts["dense"] + parts["attention"]
+    assert roofline.prefill_flops(model.config, arch, batch, seq_len) == sum(parts.values())
+
+
+def test_gret_flops_are_useful_flops_no_padding_no_upper_triangle():
+    c = tiny("yoco-gret").config
+    C, d, dh = c.chunk_size, c.d_model, c.d_model // c.n_self_heads
+
+    def retention(n):
+        return roofline.prefill_flops_parts(c, "yoco-gret", 1, n)["retention"]
+
+    pairs = lambda n: n * (n + 1) // 2  # noqa: E731
+    assert retention(C) == c.n_self_layers * (4 * d * pairs(C) + 4 * C * d * dh)
+    # one token past a chunk adds its own pair and state work, not a padded chunk of C
+    assert retention(C + 1) - retention(C) == c.n_self_layers * (4 * d * 1 + 4 * d * dh)
+
+
+def test_flops_by_dtype_put_each_part_where_it_runs():
+    c = tiny("yoco-gret").config
+    parts = roofline.prefill_flops_parts(c, "yoco-gret", 1, 100)
+    bf16 = roofline.prefill_flops_by_dtype(parts, roofline.part_dtypes("bfloat16", "none", "cpu"))
+    assert bf16 == {"bfloat16": parts["linear"] + parts["lm_head"] + parts["attention"],
+                    "float32": parts["retention"]}  # gRet's chunk form multiplies in float32 off CUDA
+    cuda = roofline.prefill_flops_by_dtype(parts, roofline.part_dtypes("bfloat16", "none", "cuda"))
+    assert cuda == {"bfloat16": sum(parts.values())}  # on CUDA in the model's dtype (its form and fla's)
+    packed = roofline.part_dtypes("bfloat16", "1.58bit", "cuda")
+    assert (packed["linear"], packed["lm_head"]) == ("int8", "bfloat16")  # the W2A8 kernel; the LM head stays
+    assert roofline.part_dtypes("float32", "1.58bit", "cpu")["linear"] == "float32"  # the exact float32 reference
+    # MFU: the ideal time is each dtype's FLOPs at its own rate
+    rates = {"bfloat16": 1e15, "float32": 1e14}
+    ideal = (bf16["bfloat16"] / 1e15 + bf16["float32"] / 1e14) * 1e3
+    assert roofline.mfu(bf16, 2 * ideal, rates) == pytest.approx(0.5)
+    assert math.isnan(roofline.mfu(bf16, 1.0, {"bfloat16": 1e15}))  # a dtype with no rate: no MFU
+    assert math.isnan(roofline.mfu({"bfloat16": math.nan}, 1.0, rates))  # an arch with no formula
+
+
+def test_datasheet_peaks_known_gpus_and_nothing_else():
+    assert peaks.lookup("NVIDIA H100 80GB HBM3").name == "H100 SXM"
+    assert peaks.lookup("NVIDIA H100 PCIe").name == "H100 PCIe"
+    assert peaks.lookup("NVIDIA H200").bandwidth_bytes_s == 4.8e12
+    assert peaks.lookup("NVIDIA A100-SXM4-40GB").flops_s["bfloat16"] == 312e12
+    assert peaks.lookup("NVIDIA A100 80GB PCIe").bandwidth_bytes_s == 1.935e12
+    assert peaks.lookup("AMD EPYC 7763") is None and peaks.lookup(None) is None
+    sheet = peaks.as_dict("NVIDIA GeForce GTX 1080")
+    assert sheet["name"] is None and math.isnan(sheet["bandwidth_bytes_s"]) and sheet["flops_s"] == {}
+
+
+def test_ceiling_drift_is_relative():
+    before = dict(copy_bandwidth_bytes_s=100.0, read_bandwidth_bytes_s=200.0, matmul_flops_s_by_dtype={"float32": 10.0})
+    after = dict(copy_bandwidth_bytes_s=90.0, read_bandwidth_bytes_s=200.0, matmul_flops_s_by_dtype={"float32": 11.0})
+    drift = roofline.ceiling_drift(before, after)
+    assert drift == pytest.approx({"copy_bandwidth_bytes_s": -0.1, "read_bandwidth_bytes_s": 0.0,
+                                   "matmul_flops_s[float32]": 0.1})
 
 
 def test_causal_attention_flops_count_the_lower_triangle():
@@ -65,15 +131,6 @@ def test_swa_attention_flops_stop_growing_quadratically_past_the_window():
                                  c.head_dim * 1000)
 
 
-def test_decode_bytes_count_weights_rows_and_cache():
-    model = tiny("transformer")
-    c, b = model.config, 4
-    weights = model.weight_bytes()
-    got = roofline.decode_bytes_per_step(model, weights, batch=3, seq_len=100, gen_len=10)
-    cache = c.n_layers * 2 * 3 * 105 * c.n_kv_heads * c.head_dim * b
-    assert got == weights - c.vocab_size * c.d_model * b + 3 * c.d_model * b + cache
-
-
 def test_efficiency_and_quantiles():
     assert roofline.efficiency(1e9, 1000.0, 1e9) == pytest.approx(1.0)
     assert math.isnan(roofline.efficiency(1e9, 0.0, 1e9)) and math.isnan(roofline.efficiency(1e9, 5.0, math.nan))
@@ -91,9 +148,10 @@ def test_calibration_size_depends_only_on_the_case_and_runs():
 
 
 def test_ceilings_are_positive_and_plausible():
-    bandwidth = roofline.measure_copy_bandwidth("cpu", nbytes=16 << 20, repeats=2)
-    flops = roofline.measure_matmul_flops("cpu", "float32", n=256, repeats=2)
-    assert 1e8 < bandwidth < 1e13 and 1e8 < flops < 1e14
+    bandwidth = roofline.measure_copy_bandwidth("cpu", nbytes=16 << 20, rep_ms=10)
+    read = roofline.measure_read_bandwidth("cpu", nbytes=16 << 20, rep_ms=10)
+    flops = roofline.measure_matmul_flops("cpu", "float32", n=256, rep_ms=10)
+    assert 1e8 < bandwidth < 1e13 and 1e8 < read < 1e13 and 1e8 < flops < 1e14
 
 
 def test_time_ms_measures_the_work():
@@ -144,7 +202,7 @@ def test_isolation_reports_values_exceptions_and_deaths():
 
 def test_a_case_too_big_for_memory_is_skipped_with_its_estimate(monkeypatch):
     case = Case(arch="transformer", preset="tiny", batch=1, seq_len=64, gen_len=4, window=None, bitnet="none",
-                dtype="float32", backend="torch", compile=False)
+                dtype="float32", backend="torch", decode_mode="eager")
     monkeypatch.setattr(runner, "device_memory_bytes", lambda device: 1000.0)
     row, samples = runner.measure_case(case, "cpu", 2, 1, {})
     assert row["status"] == "skipped" and "exceed" in row["error"] and samples == []
@@ -153,7 +211,7 @@ def test_a_case_too_big_for_memory_is_skipped_with_its_estimate(monkeypatch):
 
 def test_memory_cap_is_cuda_only_and_bounds_the_fit_check(monkeypatch):
     case = Case(arch="transformer", preset="tiny", batch=1, seq_len=32, gen_len=2, window=None, bitnet="none",
-                dtype="float32", backend="torch", compile=False)
+                dtype="float32", backend="torch", decode_mode="eager")
     row, _ = runner.measure_case(case, "cpu", 1, 1, {}, memory_cap_bytes=1000.0)
     assert row["status"] == "ok" and row["memory_cap_bytes"] is None  # not enforced on CPU: not recorded
     assert "SDPA q 4x32 kv 2x32 d16 float32 causal gqa: " in row["attention_kernels"]  # what the case called
@@ -184,7 +242,7 @@ def test_memory_cap_makes_a_real_out_of_memory_error_on_cuda():
 
 def test_time_budget_cuts_repeats_but_keeps_one():
     case = Case(arch="transformer", preset="tiny", batch=1, seq_len=32, gen_len=4, window=None, bitnet="none",
-                dtype="float32", backend="torch", compile=False)
+                dtype="float32", backend="torch", decode_mode="eager")
     row, samples = runner.measure_case(case, "cpu", 4, 1, {}, budget_s=1e-9)
     assert row["status"] == "ok" and row["repeats"] == 1
     assert sorted(s["metric"] for s in samples) == ["decode_ms_per_step", "prefill_ms"]
@@ -192,7 +250,7 @@ def test_time_budget_cuts_repeats_but_keeps_one():
 
 def test_estimate_matches_the_built_model():
     case = Case(arch="yoco-swa", preset="tiny", batch=2, seq_len=100, gen_len=8, window=32, bitnet="1.58bit",
-                dtype="float32", backend="torch", compile=False)
+                dtype="float32", backend="torch", decode_mode="eager")
     est = runner.estimate(case)
     model = runner.build_model(case, "cpu")  # packed
     assert est["params"] == model.num_parameters()
@@ -207,7 +265,7 @@ def test_hf_llama_case_runs_beside_its_twin():
     if not hf_llama.available():
         pytest.skip("HF transformers is not installed")
     case = Case(arch="hf-llama", preset="tiny", batch=1, seq_len=32, gen_len=3, window=None, bitnet="none",
-                dtype="float32", backend="torch", compile=False)
+                dtype="float32", backend="torch", decode_mode="eager")
     row, samples = runner.run_case(case, "cpu", 1, 1, {})
     assert row["status"] == "ok", row["error"]
     twin = tiny("transformer")
@@ -221,7 +279,7 @@ def test_hf_llama_case_runs_beside_its_twin():
 def test_compiled_case_runs_and_matches_eager_cache(tmp_path):
     """One compiled case: the decode step as one graph (torch.compile on CPU costs 15 s or more)."""
     case = Case(arch="yoco-gret", preset="tiny", batch=1, seq_len=32, gen_len=3, window=None, bitnet="none",
-                dtype="float32", backend="torch", compile=True)
+                dtype="float32", backend="torch", decode_mode="compile")
     row, samples = runner.run_case(case, "cpu", 1, 1, {})
     assert row["status"] == "ok", row["error"]
     assert row["kv_cache_bytes"] == row["kv_cache_bytes_formula"] and len(samples) == 2
@@ -235,3 +293,49 @@ def test_preload_starts_no_threads():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     before, after = map(int, out.stdout.split())
     assert after == before
+
+
+def test_a_case_times_the_same_work_at_a_fixed_context_with_one_estimator():
+    """In one process: the input checks run once (off the clock), every decode sample runs whole
+    passes from the prompt's end (the cache, sized seq_len + gen_len, never overflows), and
+    decode_tok_s is batch over decode_ms_per_step."""
+    case = Case(arch="transformer", preset="tiny", batch=2, seq_len=24, gen_len=3, window=None, bitnet="none",
+                dtype="float32", backend="torch", decode_mode="eager")
+    checks = []
+
+    def build(case, device):
+        model = runner.build_model(case, device)
+        check = model._check_tokens
+        model._check_tokens = lambda *a, **k: (checks.append(1), check(*a, **k))
+        return model
+
+    row, samples = dict(runner.estimate(case)), []
+    phases.measure(case, "cpu", 3, 1, {"read_bandwidth_bytes_s": 1e10, "matmul_flops_s_by_dtype": {"float32": 1e10}},
+                   row, samples, None, build)
+    assert len(checks) == 1
+    assert row["decode_tok_s"] == pytest.approx(2 / (row["decode_ms_per_step"] / 1e3))
+    assert [s["metric"] for s in samples] == ["prefill_ms"] * 3 + ["decode_ms_per_step"] * 3
+    assert row["decode_passes"] >= 1 and row["repeats"] == 3
+    calibration = math.sqrt(row["calibration_before_ms"] * row["calibration_after_ms"])
+    assert all(s["calibration_ms"] == calibration for s in samples)
+    assert row["decode_bytes_per_step"] == pytest.approx(
+        np.mean([runner.build_model(case, "meta").decode_bytes_per_step(2, n) for n in (24, 25, 26)]))
+    assert row["prefill_flops_dtypes"] == "float32 100.0%" and row["prefill_mfu"] > 0 and row["decode_mbu"] > 0
+    assert math.isnan(row["prefill_mfu_peak"]) and math.isnan(row["kv_cache_bytes_allocated"])  # CPU: no data sheet
+    assert (row["compile_graphs"], row["cuda_graph_replayed"]) == (0, False)
+    # every column the case wrote is documented (bench.show.columns), the CUDA-only ones too
+    written = set(row) - {"prefill_flops_parts"}
+    written |= set(phases._state_columns(dict.fromkeys(("sm_clock_mhz", "mem_clock_mhz", "temp_c", "power_w",
+                                                        "throttle_bits"), 0), "after"))
+    written |= {"gpu_throttle_reasons", "gpu_throttled", "processes"} | {f"{m}_ci_{e}" for m in aggregate.CI_METRICS
+                                                                         for e in ("low", "high")}
+    assert written <= set(columns.RESULT_NAMES), written - set(columns.RESULT_NAMES)
+    assert set(samples[0]) | {"process"} == set(columns.SAMPLE_NAMES)
+
+
+def test_a_cache_whose_figures_disagree_is_an_error(monkeypatch):
+    case = Case(arch="transformer", preset="tiny", batch=1, seq_len=16, gen_len=2, window=None, bitnet="none",
+                dtype="float32", backend="torch", decode_mode="eager")
+    monkeypatch.setattr(baselines.Transformer, "kv_cache_bytes", lambda self, b, n: 123)
+    row, _ = runner.measure_case(case, "cpu", 1, 1, {})
+    assert row["status"] == "error" and "cache sizes disagree" in row["error"]

@@ -1,10 +1,20 @@
 """Suite files expand to the cases they describe, and reject what they should (no processes run)."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from bench.suite import Case, UsageError, load_suite, parse_shard, parse_suite, select, suite_names
+from bench.suite import (
+    Case,
+    UsageError,
+    check_decode_modes_usable,
+    load_suite,
+    parse_shard,
+    parse_suite,
+    select,
+    suite_names,
+)
 
 
 def parse(text: str, name="user.toml"):
@@ -40,9 +50,21 @@ def test_paper_suite_is_gpu_bf16_up_to_1m():
 
 def test_case_id_is_built_from_axis_values_only():
     case = Case(arch="yoco-swa", preset="tiny", batch=2, seq_len=128, gen_len=8, window=64, bitnet="1.58bit",
-                dtype="float32", backend="torch", compile=True)
+                dtype="float32", backend="torch", decode_mode="compile")
     assert case.case_id == "yoco-swa-tiny-b2-s128-g8-w64-1.58bit-float32-torch-compiled"
     assert case.self_decoder == "swa"
+    # the ids of eager and compiled cases stayed as they were when decode_mode was a boolean `compile`
+    assert dataclasses.replace(case, decode_mode="eager").case_id.endswith("-torch-eager")
+    assert dataclasses.replace(case, decode_mode="graph").case_id.endswith("-torch-graph")
+
+
+def test_graph_decode_needs_cuda():
+    suite = parse("[axes]\ndecode_mode = [\"eager\", \"graph\"]\n")
+    assert [c.decode_mode for c in suite.cases] == ["eager", "graph"]
+    check_decode_modes_usable(suite.cases, "cuda")
+    with pytest.raises(UsageError, match="decode_mode 'graph' .* needs --device cuda"):
+        check_decode_modes_usable(suite.cases, "cpu")
+    check_decode_modes_usable(suite.cases[:1], "cpu")
 
 
 def test_cartesian_product_excludes_and_window_only_for_swa():
@@ -98,7 +120,9 @@ def test_memory_cap_is_read_in_decimal_gigabytes():
     ("[axes]\ndtype = [\"float64\"]\n", "unknown dtype value 'float64'"),
     ("[axes]\nbackend = [\"cuda_magic\"]\n", "unknown backend part 'cuda_magic'"),
     ("[axes]\nseq_len = [0]\n", "seq_len values must be integers >= 1"),
-    ("[axes]\ncompile = [\"yes\"]\n", "compile values must be true or false"),
+    ("[axes]\ndecode_mode = [\"cudagraph\"]\n", "unknown decode_mode value 'cudagraph': valid values are eager, graph, "
+                                                 "compile"),
+    ("[axes]\ncompile = [true]\n", "axis 'compile' is now decode_mode"),
     ("[axes]\ncolour = [1]\n", "unknown axis 'colour'"),
     ("[suite]\nrepeats = 0\n", "repeats must be an integer >= 1"),
     ("[suite]\nmemory_cap_gb = 0\n", "> 0, got 0"),

@@ -56,8 +56,12 @@ def test_section_suites_cover_the_headline_figures():
 def test_tiny_suites_keep_each_sections_shape(name):
     suite = load_suite(name)
     tiny = parse_suite(gpu_run.shrink_suite(suite.text), Path(f"{name}-tiny.toml"))
-    assert len(tiny.cases) == len(suite.cases)  # lengths, windows and excludes all mapped alike
-    assert [c.arch for c in tiny.cases] == [c.arch for c in suite.cases]
+    # lengths, windows and excludes all mapped alike; graph decode (CUDA only) runs eager, which
+    # merges a case that the GPU suite also times eager
+    eager = list(dict.fromkeys((c.arch, c.seq_len, c.window, c.backend) for c in suite.cases))
+    assert len(tiny.cases) == len(eager)
+    assert [c.arch for c in tiny.cases] == [key[0] for key in eager]
+    assert {c.decode_mode for c in tiny.cases} == {"eager"}
     assert {(c.preset, c.dtype) for c in tiny.cases} == {("tiny", "float32")} and tiny.devices == ("cpu",)
     assert tiny.memory_cap_gb == suite.memory_cap_gb
 
@@ -150,7 +154,7 @@ def test_a_section_cut_by_its_budget_keeps_its_rows_and_says_so(tmp_path):
 @pytest.mark.slow
 def test_a_killed_run_leaves_every_finished_row_in_the_tarball(tmp_path):
     """SIGKILL while the decode section's last case hangs: the tarball refreshed on its own
-    clock holds the three finished rows and a STATUS.md saying the section was running, and no
+    clock holds every finished row and a STATUS.md saying the section was running, and no
     process of the run lives on."""
     out, work = tmp_path / "out", tmp_path / "work"
     cases = parse_suite(gpu_run.shrink_suite(load_suite("gpu-decode").text), Path("t.toml")).cases
@@ -161,18 +165,19 @@ def test_a_killed_run_leaves_every_finished_row_in_the_tarball(tmp_path):
     try:
         deadline = time.time() + 180
         rows = []
-        while time.time() < deadline and len(rows) < 3:
+        finished = len(cases) - 1
+        while time.time() < deadline and len(rows) < finished:
             time.sleep(0.5)
             try:
                 rows = tar_rows(out, "decode/results.csv")
             except (OSError, KeyError, tarfile.TarError, EOFError):
                 rows = []
-        assert len(rows) == 3, "the tarball never held the three finished rows"
+        assert len(rows) == finished, "the tarball never held the finished rows"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     check_out_folder(out)
-    assert [r["case_id"] for r in tar_rows(out, "decode/results.csv")] == [c.case_id for c in cases[:3]]
+    assert [r["case_id"] for r in tar_rows(out, "decode/results.csv")] == [c.case_id for c in cases[:-1]]
     assert "**decode is running.**" in tar_text(out, "STATUS.md")
     deadline = time.time() + 20
     while time.time() < deadline and _processes_mentioning(str(work)):

@@ -121,6 +121,28 @@ def test_allocated_cache_is_static_and_sized():
 
 
 @needs_transformers
+def test_prefill_rewinds_without_zeroing_the_cache():
+    """A new sequence rewinds HF's write positions (set_length) but does not zero every key and
+    value (HF's reset): work our models do not do, so a timed prefill would not be the same work.
+    The logits show that what is left past the position is masked out."""
+    torch.manual_seed(5)
+    ours = _randomized_transformer(n_layers=2)
+    hf = hf_llama.from_transformer(ours)
+    tokens = torch.randint(0, 512, (1, 30))
+    used, fresh = hf.allocate_cache(1, 40), hf.allocate_cache(1, 40)
+    hf.prefill(tokens, used)
+    hf.decode(torch.tensor([3]), used)
+    resets = []
+    used.static.reset = lambda: resets.append(1)
+    prompt = tokens[:, :9]
+    _close(hf.prefill(prompt, used), hf.prefill(prompt, fresh), msg="prefill over a used cache")
+    for step in range(3):
+        nxt = torch.tensor([7 + step])
+        _close(hf.decode(nxt, used), hf.decode(nxt, fresh), msg=f"decode step {step}")
+    assert resets == [] and any(k[:, :, 12:].any() for k, _ in used.layer_tensors())  # stale keys stay, masked
+
+
+@needs_transformers
 def test_bad_input():
     with pytest.raises(ValueError, match="bitnet must be 'none'"):
         hf_llama.from_preset("tiny", bitnet="1.58bit")

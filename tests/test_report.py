@@ -56,7 +56,7 @@ def synthetic(*, yoco_exp=1.0, base_exp=1.7, base_scale=1.0, kv_ratio=4, decode_
             per_token = 256 * (kv_ratio if base else 1)
             fixed = 0 if base else 4096
             row = dict(case_id=case_id, arch=arch, preset="tiny", batch=1, seq_len=n, gen_len=GEN, window=None,
-                       bitnet="none", dtype="float32", backend="torch", compile=False, status="ok",
+                       bitnet="none", dtype="float32", backend="torch", decode_mode="eager", status="ok",
                        kv_cache_bytes=fixed + per_token * (n + GEN), kv_cache_bytes_per_token=per_token,
                        kv_cache_fixed_bytes=fixed, peak_mem_decode_bytes=3e8, mem_before_model_bytes=2.5e8,
                        peak_mem_prefill_bytes=3e8, decode_tok_s=1e3 / step, weight_bytes=1e6, params=2.5e5)

@@ -1,8 +1,9 @@
 """What YOCO and the baseline share: the public inference API and its input checks.
 
 A subclass provides `_forward(tokens)`, `_prefill(tokens, cache)`, `_step(tokens, cache)`
-(the one-token decode step: tensors only, no host sync, so it can be compiled with CUDA
-graphs), `_new_cache(batch_size, max_seq_len)` and `kv_cache_bytes(batch_size, seq_len)`.
+(the one-token decode step: tensors only, no host sync, so it can be compiled or captured as a
+CUDA graph), `_new_cache(batch_size, max_seq_len)`, `kv_cache_bytes(batch_size, seq_len)` and
+`decode_bytes_per_step(batch_size, context)`.
 """
 
 from __future__ import annotations
@@ -35,13 +36,25 @@ class CausalLM(nn.Module):
     def prefill(self, tokens: torch.Tensor, cache: ModelCache) -> torch.Tensor:
         """Start a new sequence: run the prompt [B, T], fill the cache from position 0, and
         return the logits [B, V] for the position after the prompt."""
+        self.check_prefill(tokens, cache)
+        cache.set_length(0)
+        return self.prefill_step(tokens, cache)
+
+    def check_prefill(self, tokens: torch.Tensor, cache: ModelCache):
+        """prefill's input checks (they read the token ids back to the host: a sync on a GPU)."""
         self._check_tokens(tokens, ndim=2)
         B, T = tokens.shape
         self._check_batch(B, cache)
         if T > cache.max_seq_len:
             raise ValueError(f"prompt of {T} tokens exceeds the cache's max_seq_len={cache.max_seq_len}")
+
+    @torch.no_grad()
+    def prefill_step(self, tokens: torch.Tensor, cache: ModelCache) -> torch.Tensor:
+        """`prefill` without the checks and without rewinding the cache to position 0: for timed
+        loops, which call check_prefill once and cache.set_length(0) before each, off the clock.
+        The work is the same for every model: the prompt's forward pass and the cache's fill."""
         logits = self._prefill(tokens, cache)
-        cache.set_length(T)
+        cache.set_length(tokens.shape[1])
         return logits
 
     @torch.no_grad()
@@ -70,6 +83,28 @@ class CausalLM(nn.Module):
         if mode is None:
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
         self._step = torch.compile(self._step, mode=mode, fullgraph=True)
+
+    def capture_decode(self, cache: ModelCache, warmup: int = 3):
+        """The one-token step captured as a CUDA graph over this cache (yoco.graphs.CapturedDecode):
+        `step(next_tokens)` replays it. CUDA only. The capture's eager warm-up steps write the
+        cache past its position (masked out); prefill again to restore a sequence's own state."""
+        from yoco.graphs import CapturedDecode
+
+        return CapturedDecode(self, cache, warmup)
+
+    def decode_bytes_per_step(self, batch_size: int, context: int) -> int:
+        """Bytes one decode step moves to and from memory, at `context` tokens already cached
+        (the step writes position `context` and attends over context + 1): the weights read (the
+        embedding as the rows looked up) and each cache read and written as the model's step
+        touches it. Useful bytes: slots past the context are not counted."""
+        raise NotImplementedError(f"{type(self).__name__} does not count its decode bytes")
+
+    def _weight_bytes_per_step(self, batch_size: int) -> int:
+        """Weights one step reads: all of them as stored, but of the embedding table only the
+        batch_size rows looked up (the LM head is read whole)."""
+        table = self.embed.weight
+        row_bytes = table.shape[1] * table.element_size()
+        return self.weight_bytes() - table.shape[0] * row_bytes + batch_size * row_bytes
 
     def num_parameters(self) -> int:
         """Logical parameter count; packed BitNet weights count as the weights they stand for."""

@@ -110,6 +110,22 @@ class YOCO(CausalLM):
         global_cache = KVCache.nbytes_for(batch_size, c.n_kv_heads, seq_len, c.head_dim, b)
         return c.n_self_layers * per_layer + global_cache
 
+    def decode_bytes_per_step(self, batch_size: int, context: int) -> int:
+        """Bytes one step moves at `context` cached tokens (see CausalLM): the weights; per self
+        layer its gRet state, read and written, or its ring's slots in the window, read, and the new
+        key and value written; the global cache's new key and value written once, and the global
+        cache at context + 1 read in full by EACH of the L/2 cross layers (each attends over it)."""
+        c, b = self.config, self.dtype.itemsize
+        if c.self_decoder == "gret":
+            per_self = 2 * RetentionState.nbytes_for(batch_size, c.n_self_heads, c.self_head_dim)
+        else:
+            slots = min(c.window, context + 1)
+            per_self = KVCache.nbytes_for(batch_size, c.n_self_heads, slots + 1, c.self_head_dim, b)
+        read = KVCache.nbytes_for(batch_size, c.n_kv_heads, context + 1, c.head_dim, b)
+        write = KVCache.nbytes_for(batch_size, c.n_kv_heads, 1, c.head_dim, b)
+        return (self._weight_bytes_per_step(batch_size) + c.n_self_layers * per_self + write
+                + c.n_cross_layers * read)
+
 
 def from_preset(name: str, *, self_decoder: str = "gret", device=None, dtype=None, **overrides) -> YOCO:
     """A YOCO model of a named preset (yoco.config.PRESETS); any config field may be overridden."""

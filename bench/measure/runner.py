@@ -3,14 +3,9 @@
 Each case is a fork of a server process that imported torch and the models but computed nothing
 (bench.measure.isolation), so a case pays no import cost and one that runs out of memory, crashes or is
 killed leaves the next one untouched. The parent only writes rows: a child that dies without
-answering gets a row saying how it died.
-
-The phases of a case, in order: build (skipped, with the estimate, if weights + cache would not
-fit), warm-up prefills (compilation happens here, never timed), a memory pass (one prefill, then
-gen_len decode steps, each phase with its own peak reset; it is the last warm-up of both), then
-the timed phase: `repeats` prefills, and from the sequence the last of them left in the cache,
-gen_len decode steps split into `repeats` consecutive blocks. Before every timed repeat the
-case's calibration workload (bench.measure.roofline.Calibration) is timed and stored with the sample.
+answering gets a row saying how it died. What happens inside the process, phase by phase, is
+bench.measure.phases; here: building the model, sizing it on the meta device, skipping a case
+that cannot fit, turning failures into rows, and measuring the machine (ceilings, device facts).
 """
 
 from __future__ import annotations
@@ -23,21 +18,13 @@ import signal
 import time
 import traceback
 
-import numpy as np
 import torch
 
 from bench import archs
-from bench.measure import attention, roofline
+from bench.measure import nvml, peaks, phases, roofline
 from bench.measure.isolation import one_line, run_isolated
 from bench.measure.roofline import DTYPES
-from bench.measure.trackers import (
-    PeakMemory,
-    cap_memory,
-    current_memory_bytes,
-    device_memory_bytes,
-    quantiles,
-    time_ms,
-)
+from bench.measure.trackers import cap_memory, device_memory_bytes
 from bench.suite import Case
 from yoco.config import PRESETS
 
@@ -67,12 +54,13 @@ def estimate(case: Case) -> dict:
     # no transformers needed.
     length = max(case.seq_len + case.gen_len, PRESETS[case.preset]["max_seq_len"])
     arch = archs.get(case.arch).sized_as or case.arch
-    key = dataclasses.replace(case, arch=arch, backend="torch", batch=1, seq_len=1, gen_len=length - 1)
+    key = dataclasses.replace(case, arch=arch, backend="torch", batch=1, seq_len=1, gen_len=length - 1,
+                              decode_mode="eager")
     model, params, weight_bytes = _meta_model(key)
     cache = model.kv_cache_bytes(case.batch, case.seq_len + case.gen_len)
+    parts = roofline.prefill_flops_parts(model.config, arch, case.batch, case.seq_len)
     return dict(params=params, weight_bytes=weight_bytes, kv_cache_bytes_formula=cache,
-                estimated_bytes=weight_bytes + cache,
-                prefill_flops=roofline.prefill_flops(model.config, arch, case.batch, case.seq_len))
+                estimated_bytes=weight_bytes + cache, prefill_flops=sum(parts.values()), prefill_flops_parts=parts)
 
 
 @functools.lru_cache(maxsize=32)
@@ -130,7 +118,7 @@ def measure_case(case: Case, device: str, repeats: int, warmup: int, ceilings: d
             os.kill(os.getpid(), signal.SIGKILL)
         if inject == "hang":
             time.sleep(600)
-        _measure(case, device, repeats, warmup, ceilings, row, samples, budget_s)
+        phases.measure(case, device, repeats, warmup, ceilings, row, samples, budget_s, build_model)
         row["status"] = "ok"
     except OOM_ERRORS as e:
         row.update(status="oom", error=one_line(e))
@@ -142,111 +130,6 @@ def measure_case(case: Case, device: str, repeats: int, warmup: int, ceilings: d
         row.update(status="error", error=one_line(e))
         traceback.print_exc()  # the full story on the run's stderr
     return row, samples
-
-
-def _measure(case: Case, device: str, repeats: int, warmup: int, ceilings: dict, row: dict, samples: list,
-             budget_s: float | None):
-    torch.manual_seed(0)
-    with torch.inference_mode():
-        row["mem_before_model_bytes"] = current_memory_bytes(device)
-        model = build_model(case, device)
-        row.update(params=model.num_parameters(), weight_bytes=model.weight_bytes(),
-                   backend_used=model.backend_used() if hasattr(model, "backend_used") else "unknown")
-        cfg = model.config
-        total = case.seq_len + case.gen_len
-        cache = model.allocate_cache(case.batch, total)
-        row["kv_cache_bytes"] = cache.nbytes()
-        row["kv_cache_bytes_formula"] = model.kv_cache_bytes(case.batch, total)
-        # The cache is affine in its length: keep both terms so plots can extend the formula.
-        per_token = model.kv_cache_bytes(case.batch, total + 1) - row["kv_cache_bytes_formula"]
-        row["kv_cache_bytes_per_token"] = per_token
-        row["kv_cache_fixed_bytes"] = row["kv_cache_bytes_formula"] - per_token * total
-        tokens = torch.randint(0, cfg.vocab_size, (case.batch, case.seq_len), device=device)
-
-        if case.compile:  # the one-token step as one graph (CUDA graphs on CUDA); prefill stays eager
-            model.compile_decode()
-            warmup = max(warmup, 2 if device == "cuda" else 1)
-        prefill, step = model.prefill, model.decode_step
-
-        # Which attention kernels the calls get, noted until the timed phase (a graph capture's eager
-        # warm-up steps show the decode's). A compiled step must find the functions it was compiled
-        # with: with compile, only the memory pass's prefill is noted.
-        kernels = attention.Recorder()
-        if not case.compile:
-            kernels.start()
-        # Warm-up (and compilation): never timed. The memory pass below is the last warm-up.
-        for _ in range(warmup if case.compile else max(warmup - 1, 0)):
-            nxt = prefill(tokens, cache).argmax(-1)
-            for _ in range(min(2, case.gen_len)):
-                nxt = step(nxt, cache).argmax(-1)
-
-        # Memory pass, with no calibration buffers alive.
-        last = {}
-        mem_prefill, mem_decode = PeakMemory(device), PeakMemory(device)
-        mem_prefill.start()
-        if case.compile:
-            kernels.start()
-        first_ms = time_ms(lambda: last.update(logits=prefill(tokens, cache)), device)
-        if case.compile:
-            kernels.stop()
-        mem_prefill.stop()
-        nxt = last["logits"].argmax(-1)
-        if budget_s:  # a suite's time budget per phase: fewer repeats for very long prompts
-            repeats = max(1, min(repeats, int(budget_s * 1e3 // max(first_ms, 1e-6))))
-        mem_decode.start()
-        for _ in range(case.gen_len):
-            nxt = step(nxt, cache).argmax(-1)
-        mem_decode.stop()
-        row["attention_kernels"] = kernels.stop().summary()
-        for phase, mem in (("prefill", mem_prefill), ("decode", mem_decode)):
-            row[f"peak_mem_{phase}_bytes"] = mem.allocated
-            row[f"peak_mem_{phase}_reserved_bytes"] = mem.reserved
-            row[f"peak_mem_{phase}_nvml_bytes"] = mem.nvml
-        row["memory_source"] = mem_prefill.source
-
-        calibration = roofline.Calibration(device, row["prefill_flops"], row["weight_bytes"] + row["kv_cache_bytes"])
-
-        def sample(metric, r, value, cal):
-            samples.append(dict(case_id=case.case_id, metric=metric, repeat=r, value=value, calibration_ms=cal,
-                                normalized=value / cal if cal > 0 else math.nan))
-
-        prefill_ms = []
-        for r in range(repeats):
-            cal = calibration.measure_ms()
-            ms = time_ms(lambda: last.update(logits=prefill(tokens, cache)), device)
-            prefill_ms.append(ms)
-            sample("prefill_ms", r, ms, cal)
-
-        # Decode continues the sequence the last timed prefill left in the cache.
-        nxt = last["logits"].argmax(-1)
-        blocks = np.array_split(np.arange(case.gen_len), min(repeats, case.gen_len))
-        step_ms, decode_total_ms = [], 0.0
-        for r, block in enumerate(blocks):
-            cal = calibration.measure_ms()
-            state = {"nxt": nxt, "steps": len(block)}
-
-            def run_block(state=state):
-                for _ in range(state["steps"]):
-                    state["nxt"] = step(state["nxt"], cache).argmax(-1)
-
-            ms = time_ms(run_block, device)
-            nxt = state["nxt"]
-            decode_total_ms += ms
-            step_ms.append(ms / len(block))
-            sample("decode_ms_per_step", r, ms / len(block), cal)
-
-    q = quantiles(prefill_ms)
-    row.update(prefill_ms=q["p50"], prefill_ms_p25=q["p25"], prefill_ms_p75=q["p75"],
-               prefill_tok_s=case.batch * case.seq_len / (q["p50"] / 1e3), repeats=repeats)
-    q = quantiles(step_ms)
-    row.update(decode_ms_per_step=q["p50"], decode_ms_per_step_p25=q["p25"], decode_ms_per_step_p75=q["p75"],
-               decode_tok_s=case.batch * case.gen_len / (decode_total_ms / 1e3))
-    row["decode_bytes_per_step"] = roofline.decode_bytes_per_step(model, row["weight_bytes"], case.batch,
-                                                                  case.seq_len, case.gen_len)
-    row["decode_mbu"] = roofline.efficiency(row["decode_bytes_per_step"], row["decode_ms_per_step"],
-                                            ceilings.get("copy_bandwidth_bytes_s", math.nan))
-    flops_s = ceilings.get("matmul_flops_s_by_dtype", {}).get(case.dtype, math.nan)
-    row["prefill_mfu"] = roofline.efficiency(row["prefill_flops"], row["prefill_ms"], flops_s)
 
 
 def run_case(case: Case, device: str, repeats: int, warmup: int, ceilings: dict, inject: str | None = None,
@@ -267,20 +150,36 @@ def run_case(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
 
 
 def machine_info(device: str, dtypes: list[str]) -> dict:
-    """Ceilings and device facts, measured in a case-like process (the parent never touches CUDA)."""
+    """Ceilings and device facts, measured in a case-like process (the parent never touches CUDA).
+    `dtypes`: the matmul rates to measure (the cases' dtypes, float32, int8 for BitNet on CUDA)."""
     if device == "cuda" and not torch.cuda.is_available():
         return dict(cuda_missing=True)
     info = dict(roofline.measure_ceilings(device, dtypes))
     info["threads"] = torch.get_num_threads()
     info["cpu_count"] = os.cpu_count()
     info["device_name"] = device_name(device)
+    info["datasheet"] = peaks.as_dict(info["device_name"] if device == "cuda" else None)
     if device == "cuda":
         info["cuda_version"] = torch.version.cuda
         info["device_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
-        info["driver"] = _nvml_driver()
+        info["driver"] = nvml.driver_version()
     else:
         info["device_memory_bytes"] = device_memory_bytes("cpu")
     return info
+
+
+def ceilings_only(device: str, dtypes: list[str]) -> dict:
+    """The ceilings again (the end of a run), in a case-like process."""
+    return roofline.measure_ceilings(device, dtypes)
+
+
+def ceiling_dtypes(cases) -> list[str]:
+    """The matmul rates a run needs: every case's dtype, float32 (gRet's PyTorch form, BitNet's
+    reference matmul) and, for packed BitNet cases, int8 (their CUDA kernel; measured on CUDA only)."""
+    dtypes = sorted({c.dtype for c in cases} | {"float32"})
+    if any(c.bitnet != "none" for c in cases):
+        dtypes.append("int8")
+    return dtypes
 
 
 def device_name(device: str) -> str:
@@ -296,17 +195,3 @@ def device_name(device: str) -> str:
     import platform
 
     return platform.processor() or "cpu"
-
-
-def _nvml_driver() -> str | None:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            version = pynvml.nvmlSystemGetDriverVersion()
-            return version.decode() if isinstance(version, bytes) else version
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no NVML here
-        return None

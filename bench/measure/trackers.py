@@ -1,12 +1,13 @@
-"""What a case records: wall time of device work and peak memory per phase.
+"""What a case records about memory: the peak per phase, and what is in use now.
 
-Time: on CUDA a pair of events around the work (read after one synchronize); on CPU the clock
-after the work returns (CPU ops are synchronous). Memory: on CUDA the caching allocator's peak
-(allocated and reserved) after a reset, plus NVML's device-wide used memory at the end of the
-phase; on CPU the peak resident set size (VmHWM) of the case's own process, reset before each
-phase by writing "5" to /proc/self/clear_refs (Linux), after glibc's malloc_trim hands freed
-heap back. The CPU figure is the whole process: Python, torch's libraries, weights, cache and
-activations; rows also carry the process's RSS before the model was built.
+On CUDA, per phase: the caching allocator's peak allocated and peak reserved bytes, after
+emptying its cache (so the reserved peak is the phase's own, not blocks an earlier phase left
+cached) and resetting its peaks; and NVML's device-wide used memory polled every 2 ms in a side
+thread for its peak (bench.measure.nvml). On CPU the peak resident set size (VmHWM) of the
+case's own process, reset before each phase by writing "5" to /proc/self/clear_refs (Linux),
+after glibc's malloc_trim hands freed heap back. The CPU figure is the whole process: Python,
+torch's libraries, weights, cache and activations; rows also carry the process's RSS before the
+model was built. Timing lives in bench.measure.timing.
 """
 
 from __future__ import annotations
@@ -14,40 +15,11 @@ from __future__ import annotations
 import ctypes
 import math
 import re
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
-
-def device_sync(device: str):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_ms(fn: Callable[[], object], device: str) -> float:
-    """Milliseconds fn's device work takes (fn must launch all of it before returning)."""
-    if device == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
-def quantiles(samples: list[float]) -> dict[str, float]:
-    """Median and quartiles (nan for no samples)."""
-    if not samples:
-        return dict(p25=math.nan, p50=math.nan, p75=math.nan)
-    p25, p50, p75 = np.percentile(np.asarray(samples, dtype=float), [25, 50, 75])
-    return dict(p25=float(p25), p50=float(p50), p75=float(p75))
-
+from bench.measure import nvml
 
 # ---- memory ----
 
@@ -92,45 +64,43 @@ def current_memory_bytes(device: str) -> float:
     return float(match.group(1)) * 1024 if match else math.nan
 
 
-def _nvml_handle(pynvml, device_index: int):
-    """NVML's handle for torch's device: by PCI bus id (CUDA_VISIBLE_DEVICES renumbers devices
-    for torch but not for NVML), by index where torch does not report the bus."""
-    try:
-        props = torch.cuda.get_device_properties(device_index)
-        bus_id = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
-        return pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
-    except Exception:  # older torch, or NVML does not know that bus id
-        return pynvml.nvmlDeviceGetHandleByIndex(device_index)
+def allocated_growth(fn, device: str) -> tuple[object, float]:
+    """(fn(), bytes the CUDA allocator's allocated memory grew by while fn ran); NaN off CUDA.
+    The allocator rounds each tensor up to a multiple of 512 bytes."""
+    if device != "cuda":
+        return fn(), math.nan
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, float(torch.cuda.memory_allocated() - before)
 
 
 def nvml_used_bytes(device_index: int = 0) -> float:
-    """Device-wide used memory from NVML (all processes: containers may hide our own PIDs)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            handle = _nvml_handle(pynvml, device_index)
-            return float(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # pynvml.NVMLError, no driver, no library: no figure
-        return math.nan
+    """Device-wide used memory from NVML now (NaN without NVML or a GPU)."""
+    return nvml.used_bytes(device_index)
 
 
 class PeakMemory:
     """Peak memory over repeated phases: call start() before and stop() after each; the
-    figures are the maxima over all of them (bytes; nan where the source is absent)."""
+    figures are the maxima over all of them (bytes; nan where the source is absent).
+    `nvml_device` (CUDA): an open bench.measure.nvml.Device to poll; None opens none."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, nvml_device: nvml.Device | None = None):
         self.device = device
         self.allocated = self.reserved = self.nvml = math.nan
         self.source = "cuda_allocator" if device == "cuda" else "cpu_vmhwm"
+        self._poller = None
+        if nvml_device is not None and nvml_device.ok:
+            self._poller = nvml.Poller(nvml_device.used_bytes, nvml.POLL_MEMORY_S, nvml.nanmax)
 
     def start(self):
         if self.device == "cuda":
             torch.cuda.synchronize()
+            torch.cuda.empty_cache()  # the phase's reserved peak must not inherit an earlier phase's blocks
             torch.cuda.reset_peak_memory_stats()
+            if self._poller is not None:
+                self._poller.start()
         elif not _reset_vm_hwm():
             self.source = "cpu_vmhwm_unreset"  # peak since process start: an upper bound
 
@@ -139,7 +109,8 @@ class PeakMemory:
             torch.cuda.synchronize()
             self.allocated = _nanmax(self.allocated, torch.cuda.max_memory_allocated())
             self.reserved = _nanmax(self.reserved, torch.cuda.max_memory_reserved())
-            self.nvml = _nanmax(self.nvml, nvml_used_bytes(torch.cuda.current_device()))
+            if self._poller is not None:
+                self.nvml = _nanmax(self.nvml, self._poller.stop())
         else:
             self.allocated = _nanmax(self.allocated, _vm_hwm_bytes())
 

@@ -30,7 +30,7 @@ RESULTS: list[Column] = [
     _c("self_decoder", "", "YOCO's self-decoder (gret or swa); empty for other archs"),
     _c("batch", "sequences", "sequences per prefill and per decode step"),
     _c("seq_len", "tokens", "prompt length"),
-    _c("gen_len", "tokens", "decode steps timed after the prompt"),
+    _c("gen_len", "tokens", "decode steps in one pass from the prompt's end (the cache holds seq_len + gen_len)"),
     _c("window", "tokens", "sliding window W (windowed archs only)"),
     _c("bitnet", "", "BitNet weights: none, 1bit or 1.58bit (packed for inference)"),
     _c("dtype", "", "model dtype"),
@@ -41,7 +41,9 @@ RESULTS: list[Column] = [
     _c("backend_used", "", "optional parts that really ran (those the model uses, on CUDA; 'auto' resolved "
        "where the model was built), else torch"),
     _c("backends_present", "", "optional backends installed on this machine, with versions"),
-    _c("compile", "", "whether the decode step was compiled (compile_decode)"),
+    _c("decode_mode", "", "how the decode step ran: eager (model.decode_step), graph (the eager step captured once "
+       "as a CUDA graph and replayed, yoco.graphs; CUDA only) or compile (torch.compile via compile_decode: "
+       "reduce-overhead, i.e. CUDA graphs, on CUDA)"),
     _c("attention_kernels", "", "each distinct attention call of the warm-up and memory pass with the kernel it "
        "got and its count: SDPA (query heads x length, key/value heads x length, head width, dtype, causal, mask, "
        "gqa: flash, efficient, cudnn or math, as torch picked), FlexAttention, and the gated-retention form (fla "
@@ -50,43 +52,104 @@ RESULTS: list[Column] = [
     _c("params", "parameters", "logical parameter count (packed BitNet weights count as the weights they stand for)"),
     _c("weight_bytes", "B", "bytes of parameters and buffers as stored (packed for BitNet)"),
     # prefill
-    _c("prefill_ms", "ms", "median time of one prefill of the prompt (all sequences of the batch)"),
-    _c("prefill_ms_p25", "ms", "25th percentile of the timed prefills"),
-    _c("prefill_ms_p75", "ms", "75th percentile of the timed prefills"),
+    _c("prefill_ms", "ms", "median time of one prefill of the prompt (all sequences of the batch; "
+       "model.prefill_step from position 0: the input checks and the rewind are off the clock); with --processes "
+       "N the median of the N processes' medians"),
+    _c("prefill_ms_p25", "ms", "25th percentile of the timed prefills (all processes' pooled); empty with fewer "
+       "than 3"),
+    _c("prefill_ms_p75", "ms", "75th percentile of the timed prefills (all processes' pooled); empty with fewer "
+       "than 3"),
+    _c("prefill_ms_ci_low", "ms", "lower end of a 95% confidence interval for prefill_ms from the per-process "
+       "medians (order statistics, bench.measure.aggregate); empty with fewer than 6 processes"),
+    _c("prefill_ms_ci_high", "ms", "upper end of that interval"),
     _c("prefill_tok_s", "tokens/s", "batch * seq_len / prefill_ms"),
+    _c("prefill_tok_s_ci_low", "tokens/s", "batch * seq_len / prefill_ms_ci_high"),
+    _c("prefill_tok_s_ci_high", "tokens/s", "batch * seq_len / prefill_ms_ci_low"),
     # decode
-    _c("decode_tok_s", "tokens/s", "batch * gen_len / total time of the timed decode steps"),
-    _c("decode_ms_per_step", "ms", "median over the timed blocks of the mean time of one decode step"),
-    _c("decode_ms_per_step_p25", "ms", "25th percentile of the blocks' mean step time"),
-    _c("decode_ms_per_step_p75", "ms", "75th percentile of the blocks' mean step time"),
+    _c("decode_ms_per_step", "ms", "median over the timed decode samples of one greedy step's time (the step and "
+       "the argmax of its logits). A sample is at least 50 ms of passes, each pass gen_len steps from the prompt's "
+       "end (the context walks seq_len .. seq_len + gen_len - 1 in every pass; rewinds off the clock); its value "
+       "is its time over its steps. With --processes N the median of the N processes' medians"),
+    _c("decode_ms_per_step_p25", "ms", "25th percentile of the decode samples (all processes' pooled); empty with "
+       "fewer than 3"),
+    _c("decode_ms_per_step_p75", "ms", "75th percentile of the decode samples (all processes' pooled); empty with "
+       "fewer than 3"),
+    _c("decode_ms_per_step_ci_low", "ms", "lower end of a 95% confidence interval for decode_ms_per_step from the "
+       "per-process medians; empty with fewer than 6 processes"),
+    _c("decode_ms_per_step_ci_high", "ms", "upper end of that interval"),
+    _c("decode_tok_s", "tokens/s", "batch / decode_ms_per_step: the same estimator"),
+    _c("decode_tok_s_ci_low", "tokens/s", "batch / decode_ms_per_step_ci_high"),
+    _c("decode_tok_s_ci_high", "tokens/s", "batch / decode_ms_per_step_ci_low"),
+    _c("decode_passes", "", "passes of gen_len steps in each timed decode sample (enough for 50 ms)"),
+    _c("compile_graphs", "", "graphs torch.compile produced for the decode step (compile mode; 0 otherwise)"),
+    _c("compile_recompiles", "", "of those, recompilations (each compilation of the fullgraph step is one graph); "
+       "the timed loops run under torch.compiler.set_stance('fail_on_recompile'), so none happened on the clock"),
+    _c("cuda_graph_replayed", "", "whether every timed decode step replayed a CUDA graph (torch.cuda.CUDAGraph."
+       "replay calls counted over the timed steps: ours in graph mode, inductor's in compile mode on CUDA)"),
     # memory
-    _c("peak_mem_prefill_bytes", "B", "peak memory during one prefill: the CUDA allocator's peak after a reset "
-       "(cuda), the process's peak resident set size VmHWM after a reset (cpu)"),
+    _c("peak_mem_prefill_bytes", "B", "peak memory during one prefill: the CUDA allocator's allocated peak after "
+       "a reset (cuda), the process's peak resident set size VmHWM after a reset (cpu); with --processes N the "
+       "largest of the processes'"),
     _c("peak_mem_prefill_reserved_bytes", "B", "peak of the CUDA caching allocator's reserved memory during one "
-       "prefill", CUDA),
-    _c("peak_mem_prefill_nvml_bytes", "B", "NVML's device-wide used memory read at the end of the prefill", CUDA),
-    _c("peak_mem_decode_bytes", "B", "peak memory during gen_len decode steps (as peak_mem_prefill_bytes)"),
-    _c("peak_mem_decode_reserved_bytes", "B", "peak of the CUDA caching allocator's reserved memory during decode",
-       CUDA),
-    _c("peak_mem_decode_nvml_bytes", "B", "NVML's device-wide used memory read at the end of the decode steps",
-       CUDA),
+       "prefill, after empty_cache() and a reset: the phase's own blocks", CUDA),
+    _c("peak_mem_prefill_nvml_bytes", "B", "peak of NVML's device-wide used memory during the prefill, polled "
+       "every 2 ms in a side thread (the whole card: CUDA context and other processes included)", CUDA),
+    _c("peak_mem_decode_bytes", "B", "peak memory over the decode steps before the timed phase: warm-up and a "
+       "gen_len-step pass, and in graph or compile mode the capture or compilation, where a step's activations "
+       "are allocated (a replay allocates nothing): comparable across modes (as peak_mem_prefill_bytes)"),
+    _c("peak_mem_decode_reserved_bytes", "B", "peak of the CUDA caching allocator's reserved memory over the same "
+       "window, after empty_cache() and a reset (a graph's private pool included)", CUDA),
+    _c("peak_mem_decode_nvml_bytes", "B", "peak of NVML's device-wide used memory over the same window, polled "
+       "every 2 ms", CUDA),
     _c("mem_before_model_bytes", "B", "memory in use before the model was built: allocated (cuda), the "
        "process's resident set (cpu: Python and torch themselves)"),
     _c("memory_source", "", "where the memory columns come from: cuda_allocator, cpu_vmhwm or cpu_vmhwm_unreset"),
     # cache
     _c("kv_cache_bytes", "B", "bytes of the cache tensors allocate_cache(batch, seq_len + gen_len) allocated"),
-    _c("kv_cache_bytes_formula", "B", "the same from the config alone (model.kv_cache_bytes)"),
+    _c("kv_cache_bytes_formula", "B", "the same from the config alone (model.kv_cache_bytes); a case whose "
+       "figures disagree is an error"),
+    _c("kv_cache_bytes_allocated", "B", "the CUDA allocator's growth around allocate_cache: at least "
+       "kv_cache_bytes and at most 512 B per tensor more (its rounding), else the case is an error", CUDA),
     _c("kv_cache_bytes_per_token", "B", "growth of the cache per token of context (all sequences)"),
     _c("kv_cache_fixed_bytes", "B", "the part of the cache that does not grow with the context"),
     # efficiency
-    _c("prefill_flops", "FLOP", "analytic matmul FLOPs of one prefill (bench.measure.roofline)"),
-    _c("prefill_mfu", "fraction", "prefill_flops / prefill time / this machine's measured matmul rate"),
-    _c("decode_bytes_per_step", "B", "bytes one decode step reads: weights (embedding as the rows looked up) "
-       "plus the cache at the mean decode context"),
-    _c("decode_mbu", "fraction", "decode_bytes_per_step / decode_ms_per_step / this machine's measured copy "
-       "bandwidth"),
+    _c("prefill_flops", "FLOP", "useful matmul FLOPs of one prefill (2 per multiply-add; causal products as "
+       "their lower triangle, gRet's chunks without padding, YOCO's early exit; bench.measure.roofline)"),
+    _c("prefill_flops_dtypes", "", "how prefill_flops split by the dtype they run in: the model's, except gRet's "
+       "chunk products off CUDA (float32) and packed BitNet layers (int8 on CUDA, float32 elsewhere)"),
+    _c("prefill_mfu", "fraction", "the time prefill_flops would take at this run's measured matmul rate of each "
+       "part's dtype (env.json matmul_flops_s_by_dtype), over prefill_ms"),
+    _c("prefill_mfu_peak", "fraction", "the same against the GPU's data-sheet peaks (bench.measure.peaks); empty "
+       "for an unknown GPU and on a CPU"),
+    _c("decode_bytes_per_step", "B", "bytes one decode step moves, the model's own count "
+       "(decode_bytes_per_step(batch, context)) averaged over the timed steps' contexts: weights (the embedding as "
+       "the rows looked up); YOCO: per self layer its gRet state read and written, or its ring's slots in the "
+       "window read, and the global cache read by EACH cross layer; baseline: per layer its own cache read; new "
+       "keys and values written"),
+    _c("decode_mbu", "fraction", "decode_bytes_per_step / decode_ms_per_step / this run's measured read bandwidth "
+       "(env.json read_bandwidth_bytes_s)"),
+    _c("decode_mbu_peak", "fraction", "the same against the GPU's data-sheet memory bandwidth; empty for an unknown "
+       "GPU and on a CPU"),
     # the run
-    _c("repeats", "", "timed repeats per phase (fewer than asked where the suite's time budget cut them)"),
+    _c("repeats", "", "timed repeats per phase and process (fewer than asked where the suite's time budget cut "
+       "them)"),
+    _c("processes", "", "processes whose figures the row combines (--processes; 0 when the first one failed)"),
+    _c("calibration_before_ms", "ms", "a fixed fp32 matmul + copy sized from the case (bench.measure.roofline."
+       "Calibration), timed before the timed phases, do_bench style; with --processes N the median"),
+    _c("calibration_after_ms", "ms", "the same, timed after them"),
+    # the GPU's state (NVML), before the model is built and after the timed phases
+    _c("gpu_sm_clock_mhz_before", "MHz", "SM clock before the case", CUDA),
+    _c("gpu_sm_clock_mhz_after", "MHz", "SM clock after the timed phases", CUDA),
+    _c("gpu_mem_clock_mhz_before", "MHz", "memory clock before the case", CUDA),
+    _c("gpu_mem_clock_mhz_after", "MHz", "memory clock after the timed phases", CUDA),
+    _c("gpu_temp_c_before", "C", "GPU temperature before the case", CUDA),
+    _c("gpu_temp_c_after", "C", "GPU temperature after the timed phases", CUDA),
+    _c("gpu_power_w_before", "W", "board power draw before the case", CUDA),
+    _c("gpu_power_w_after", "W", "board power draw after the timed phases", CUDA),
+    _c("gpu_throttle_reasons", "", "NVML clock-event (throttle) reasons seen before, during (polled every 50 ms) "
+       "or after the timed phases, '+'-joined", CUDA),
+    _c("gpu_throttled", "", "whether any of them is a slowdown (power cap, thermal, hardware slowdown, power "
+       "brake): the case's figures ran on pulled-down clocks", CUDA),
     _c("memory_cap_bytes", "B", "the memory cap the case ran under: on CUDA a real limit on its allocator (the "
        "suite's memory_cap_gb); for batch = \"max\" also the memory the batch had to fit in (default the "
        "device's; on a CPU judged by the measured peak above mem_before_model_bytes)"),
@@ -101,10 +164,12 @@ RESULTS: list[Column] = [
 SAMPLES: list[Column] = [
     _c("case_id", "", "the case (results.csv)"),
     _c("metric", "", "prefill_ms or decode_ms_per_step"),
-    _c("repeat", "", "index of the timed repeat (prefill) or decode block"),
-    _c("value", "ms", "the timed value"),
-    _c("calibration_ms", "ms", "a fixed matmul + copy timed just before this sample (bench.measure.roofline)"),
+    _c("repeat", "", "index of the timed prefill or decode sample within its process"),
+    _c("value", "ms", "the timed value: one prefill, or a decode sample's time over its steps"),
+    _c("calibration_ms", "ms", "the calibration of the sample's case process: the geometric mean of its "
+       "calibration_before_ms and calibration_after_ms (the same for all of its samples)"),
     _c("normalized", "", "value / calibration_ms"),
+    _c("process", "", "which of the case's processes (0 .. N-1 with --processes N) took the sample"),
 ]
 
 RESULT_NAMES = [c.name for c in RESULTS]

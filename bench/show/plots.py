@@ -39,7 +39,8 @@ def _title(what: str, df: pd.DataFrame, env: dict) -> str:
 
 def _series(df: pd.DataFrame):
     """Lines to draw along seq_len: one per architecture and per other axis that varies."""
-    varying = [c for c in ("preset", "batch", "dtype", "backend", "compile", "gen_len") if df[c].nunique() > 1]
+    varying = [c for c in ("preset", "batch", "dtype", "backend", "decode_mode", "gen_len")
+               if c in df and df[c].nunique() > 1]
     for key, group in df.groupby(["arch", *varying], sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         label = key[0]

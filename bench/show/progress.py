@@ -45,12 +45,14 @@ def describe(case) -> str:
         parts.append(f"window {case.window}")
     if case.bitnet != "none":
         parts.append(f"BitNet {case.bitnet}")
-    parts.append(f"{case.dtype}, {case.backend}{', compiled' if case.compile else ''}")
+    mode = getattr(case, "decode_mode", "eager")
+    parts.append(f"{case.dtype}, {case.backend}{'' if mode == 'eager' else f', decode {mode}'}")
     return ", ".join(parts)
 
 
 class Progress:
-    """`show(case)` when a case starts, `done(case, status, seconds)` when it ends, `close()`."""
+    """`show(case)` when a case starts, `done(case, status, seconds)` when it ends, `close()`;
+    `note` says more (which of a case's processes)."""
 
     def __init__(self, total: int, stream=None):
         self.stream = stream or sys.stderr
@@ -79,9 +81,9 @@ class Progress:
             except Exception:  # closed meanwhile
                 return
 
-    def show(self, case):
+    def show(self, case, note: str = ""):
         if self.bar is not None:
-            self.bar.set_description_str(describe(case))
+            self.bar.set_description_str(describe(case) + (f" ({note})" if note else ""))
 
     def eta(self) -> str:
         if not self.count:
@@ -89,15 +91,16 @@ class Progress:
         left = (time.monotonic() - self.start) / self.count * (self.total - self.count)
         return tqdm.format_interval(left)
 
-    def done(self, case, status: str, seconds: float):
+    def done(self, case, status: str, seconds: float, note: str = ""):
         self.count += 1
+        note = f" ({note})" if note else ""
         if self.bar is not None:
             if status != "ok":
-                self.bar.write(f"{case.case_id}: {status}", file=self.stream)
+                self.bar.write(f"{case.case_id}{note}: {status}", file=self.stream)
             self.bar.update(1)
             return
         elapsed = tqdm.format_interval(time.monotonic() - self.start)
-        print(f"[{self.count}/{self.total}] {elapsed} elapsed, ETA {self.eta()} | {describe(case)}: {status} "
+        print(f"[{self.count}/{self.total}] {elapsed} elapsed, ETA {self.eta()} | {describe(case)}{note}: {status} "
               f"in {seconds:.1f} s ({case.case_id})", file=self.stream, flush=True)
 
     def close(self):

@@ -21,6 +21,10 @@ from bench.show import columns, paper, spread, units
 # The header of results.csv and samples.csv: bench.show.columns documents every column.
 COLUMNS = columns.RESULT_NAMES
 SAMPLE_COLUMNS = columns.SAMPLE_NAMES
+# With --processes N, each process's own row (results.csv's columns and its index): what a
+# resumed run needs to combine a case's processes; results.csv holds the combined row.
+PROCESSES_FILE = "processes.csv"
+PROCESS_COLUMNS = COLUMNS + ["process"]
 TIMING_METRICS = ["prefill_ms", "decode_ms_per_step"]
 STATUSES = ("ok", "oom", "skipped", "error")
 
@@ -63,12 +67,14 @@ def keep_unlisted(path: Path, rows: list[dict], keys: list[str]):
           f"{unlisted_path(path)}; document them there", file=sys.stderr)
 
 
-def repair(run_dir: Path) -> set[str]:
+def repair(run_dir: Path) -> tuple[set[str], dict[str, list[tuple[dict, list[dict]]]]]:
     """Make a run directory consistent after a kill: drop a torn last line, drop samples of
-    cases with no results row (the case in flight). Returns the case ids already done."""
-    results, samples = run_dir / "results.csv", run_dir / "samples.csv"
+    processes with no row (the case in flight). Returns the case ids already done and, for
+    the cases measured in several processes (processes.csv) but not done, the (row, samples)
+    of each process finished, in process order."""
+    results, samples, processes = run_dir / "results.csv", run_dir / "samples.csv", run_dir / PROCESSES_FILE
     done: set[str] = set()
-    for path in (results, samples):
+    for path in (results, samples, processes):
         if path.exists():
             text = path.read_text()
             if text and not text.endswith("\n"):
@@ -76,16 +82,48 @@ def repair(run_dir: Path) -> set[str]:
     if results.exists() and results.stat().st_size:
         with open(results, newline="") as f:
             done = {r["case_id"] for r in csv.DictReader(f)}
+    finished: dict[tuple[str, str], dict] = {}
+    if processes.exists() and processes.stat().st_size:
+        with open(processes, newline="") as f:
+            finished = {(r["case_id"], r["process"]): r for r in csv.DictReader(f) if r["case_id"] not in done}
+    kept = []
     if samples.exists() and samples.stat().st_size:
         with open(samples, newline="") as f:
-            kept = [r for r in csv.DictReader(f) if r["case_id"] in done]
+            kept = [r for r in csv.DictReader(f)
+                    if r["case_id"] in done or (r["case_id"], r.get("process", "0")) in finished]
         samples.unlink()
         append_rows(samples, SAMPLE_COLUMNS, kept)
-    return done
+    partial: dict[str, list[tuple[dict, list[dict]]]] = {}
+    for (case_id, process), row in sorted(finished.items(), key=lambda kv: (kv[0][0], int(kv[0][1]))):
+        mine = [_typed(s) for s in kept if s["case_id"] == case_id and s.get("process") == process]
+        partial.setdefault(case_id, []).append((_typed(row), mine))
+    for case_id, measured in list(partial.items()):  # only an unbroken run of processes 0, 1, ...
+        if [int(r["process"]) for r, _ in measured] != list(range(len(measured))):
+            del partial[case_id]
+    return done, partial
+
+
+def _typed(record: dict) -> dict:
+    """A CSV record with its numbers as numbers (empty cells NaN, true/false as booleans)."""
+    out = {}
+    for key, value in record.items():
+        if value in ("True", "False"):
+            out[key] = value == "True"
+            continue
+        try:
+            out[key] = float(value) if value != "" else math.nan
+            if out[key].is_integer() and "." not in value and "e" not in value.lower():
+                out[key] = int(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 def read_results(path: Path) -> pd.DataFrame:
     df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    if "decode_mode" not in df and "compile" in df:  # a run from before decode_mode replaced compile
+        df["decode_mode"] = df["compile"].astype(str).str.lower().isin(("true", "1")).map(
+            {True: "compile", False: "eager"})
     for col in ("window", "self_decoder", "error", "backends_present"):
         if col in df:
             df[col] = df[col].astype(object).where(df[col].notna(), None)
@@ -153,7 +191,7 @@ RATIOS = [("kv_cache_bytes", "KV cache", "baseline / YOCO"),
           ("model_mem_decode_bytes", "decode memory", "baseline / YOCO"),
           ("prefill_ms", "prefill time", "baseline / YOCO"),
           ("decode_tok_s", "decode tokens/s", "YOCO / baseline")]
-RATIO_KEYS = ["preset", "batch", "seq_len", "dtype", "backend", "compile"]
+RATIO_KEYS = ["preset", "batch", "seq_len", "dtype", "backend", "decode_mode"]
 
 
 def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -176,6 +214,9 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
                 a, b = r[f"{col}_base"], r[f"{col}_yoco"]
                 ratio = b / a if direction.startswith("YOCO") else a / b
                 entry[f"{label}: {direction}"] = ratio if a and b else math.nan
+                low, high = _ratio_interval(r, col, direction)
+                if not (math.isnan(low) and math.isnan(high)):
+                    entry[f"{label}: {direction} [CI]"] = f"[{low:.3g}, {high:.3g}]"
             out.append(entry)
     if not out:
         return pd.DataFrame()
@@ -183,7 +224,19 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def ratio_formats(frame: pd.DataFrame) -> dict:
-    return {c: units.ratio for c in frame.columns if ":" in str(c)} | {"seq_len": units.sig}
+    return {c: units.ratio for c in frame.columns if ":" in str(c) and "[CI]" not in str(c)} | {"seq_len": units.sig}
+
+
+def _ratio_interval(r, col: str, direction: str) -> tuple[float, float]:
+    """The interval of a ratio from both sides' 95% intervals (--processes N), the extreme
+    corners: it holds whenever both intervals do, so with probability >= 90%. NaN without them."""
+    names = [f"{col}_ci_low_base", f"{col}_ci_high_base", f"{col}_ci_low_yoco", f"{col}_ci_high_yoco"]
+    if not all(n in r for n in names):
+        return math.nan, math.nan
+    base_low, base_high, yoco_low, yoco_high = (float(r[n]) for n in names)
+    if direction.startswith("YOCO"):
+        return yoco_low / base_high, yoco_high / base_low
+    return base_low / yoco_high, base_high / yoco_low
 
 
 def trend_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -286,6 +339,18 @@ def summary_markdown(df: pd.DataFrame, env: dict, samples: pd.DataFrame | None =
              f"copy bandwidth {dict(env_facts(env))['copy bandwidth']}, matmul {dict(env_facts(env))['matmul rate']}; "
              f"{env.get('repeats', '?')} timed repeats per phase.", "",
              "Cases: " + case_counts(df, env) + "."]
+    drifted = env.get("ceiling_drifted") or []
+    if drifted:
+        drift = env.get("ceiling_drift", {})
+        lines += ["", "**Warning: this machine's ceilings moved by more than 5% between the start and the end of the "
+                  "run** (" + ", ".join(f"{k} {drift.get(k, math.nan):+.1%}" for k in drifted) + "): MBU and MFU "
+                  "rest on the ceilings measured at the start."]
+    if "gpu_throttled" in df:
+        throttled = df[df["gpu_throttled"].astype(str).str.lower() == "true"]
+        if len(throttled):
+            lines += ["", f"**Warning: {len(throttled)} case(s) ran with the GPU's clocks pulled down** (NVML throttle "
+                      "reasons): " + ", ".join(f"{r.case_id} ({r.gpu_throttle_reasons})"
+                                              for r in throttled.itertuples())]
     if html:
         lines += ["", f"The same with sortable tables and interactive plots: [{html}]({html})."]
     found = verdicts.verdicts(df, samples)

@@ -1,15 +1,17 @@
 """Does YOCO's saving hold on this machine? Each claim checked on a run's rows: the measured
 value with its interval, the expected value, and holds / does not hold / cannot tell.
 
-Claims, per setting (preset, batch, dtype, backend, compile, gen_len) that has YOCO and the
+Claims, per setting (preset, batch, dtype, backend, decode_mode, gen_len) that has YOCO and the
 `transformer` baseline side by side (bitnet none, SWA at its most-measured window):
 - the cache grows L-fold slower per token of context (the baseline caches every layer's K, V,
   YOCO one global set): the bytes are exact, so the interval is the value;
 - YOCO's prefill grows linearly with the prompt (log-log slope below LINEAR_MAX), the baseline's
   faster than linearly (slope above 1: attention is quadratic);
 - at the longest prompt both ran, YOCO's prefill and decode step are faster (ratio above 1).
-Timing intervals: a 95% bootstrap over the timed repeats (samples.csv) where there are at least
-MIN_REPEATS per case, else the spread columns of results.csv (bench.show.spread). A claim holds
+Timing intervals: from the confidence intervals of results.csv where the run has them (several
+processes per case: they hold the spread between processes), else a 95% bootstrap over the timed
+repeats (samples.csv) where there are at least MIN_REPEATS per case, else the p25-p75 columns
+(bench.show.spread). A claim holds
 only when its whole interval is on the claimed side, does not hold when it is wholly on the other,
 and cannot be told otherwise (the difference is within the noise) or without the rows it needs.
 """
@@ -27,7 +29,7 @@ from bench.show import report, spread, units
 HOLDS, FAILS, UNKNOWN = "holds", "does not hold", "cannot tell"
 BASELINE = "transformer"
 YOCO_ARCHS = ("yoco-gret", "yoco-swa")
-GROUP = ["preset", "batch", "dtype", "backend", "compile", "gen_len"]
+GROUP = ["preset", "batch", "dtype", "backend", "decode_mode", "gen_len"]
 LINEAR_MAX = 1.2  # a growth exponent below this is linear (the GPU run's target uses the same)
 KV_TOLERANCE = 0.01  # cache bytes are exact; 1% leaves room for a rounded head size only
 MIN_REPEATS = 3  # fewer timed repeats per case give no bootstrap interval
@@ -96,6 +98,11 @@ class Timings:
                 self.samples[(case, metric)] = pd.to_numeric(g["value"], errors="coerce").dropna().to_numpy(float)
         self.rng = np.random.default_rng(0)  # the same run gives the same summary
 
+    def has_ci(self, case_ids, metric: str) -> bool:
+        """Whether these cases carry a confidence interval from several processes (--processes):
+        it holds the spread between processes, which pooled samples would understate."""
+        return spread.words(self.rows.loc[list(case_ids)], metric) == spread.CI_WORDS
+
     def replicates(self, case_id: str, metric: str) -> np.ndarray | None:
         values = self.samples.get((case_id, metric))
         if values is None or len(values) < MIN_REPEATS:
@@ -123,8 +130,8 @@ BOOT_WORDS = f"{CONFIDENCE:.0%} bootstrap interval over the timed repeats"
 def slope_interval(times: Timings, cases: pd.DataFrame, metric: str) -> tuple[float, float, str] | None:
     """Interval of the log-log slope of `metric` against seq_len over these cases."""
     x = np.log(cases["seq_len"].to_numpy(float))
-    reps = [times.replicates(c, metric) for c in cases["case_id"]]
-    if all(r is not None for r in reps):
+    reps = [] if times.has_ci(cases["case_id"], metric) else [times.replicates(c, metric) for c in cases["case_id"]]
+    if reps and all(r is not None for r in reps):
         y = np.log(np.vstack(reps))  # [cases, BOOTSTRAP]
         xc = x - x.mean()
         slopes = (xc[:, None] * y).sum(0) / (xc**2).sum()
@@ -144,7 +151,8 @@ def slope_interval(times: Timings, cases: pd.DataFrame, metric: str) -> tuple[fl
 
 def ratio_interval(times: Timings, num: str, den: str, metric: str) -> tuple[float, float, str] | None:
     """Interval of median(num) / median(den) for one metric of two cases."""
-    a, b = times.replicates(num, metric), times.replicates(den, metric)
+    a, b = (None, None) if times.has_ci([num, den], metric) else (times.replicates(num, metric),
+                                                                    times.replicates(den, metric))
     if a is not None and b is not None:
         return (*_interval(a / b), BOOT_WORDS)
     ba, bb = times.bounds(num, metric), times.bounds(den, metric)
@@ -157,8 +165,8 @@ def ratio_interval(times: Timings, num: str, den: str, metric: str) -> tuple[flo
 
 def _setting(key: tuple) -> str:
     d = dict(zip(GROUP, key, strict=True))
-    mode = "compiled" if str(d["compile"]) == "True" else "eager"
-    return (f"preset {d['preset']}, batch {d['batch']}, {d['dtype']}, backend {d['backend']}, {mode}, "
+    return (f"preset {d['preset']}, batch {d['batch']}, {d['dtype']}, backend {d['backend']}, "
+            f"decode {d['decode_mode']}, "
             f"{d['gen_len']} decode steps")
 
 
