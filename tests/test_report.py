@@ -123,6 +123,17 @@ def test_verdicts_without_samples_use_the_spread_columns():
     assert found["decode"].low <= found["decode"].value <= found["decode"].high
 
 
+def test_verdicts_prefer_the_runs_confidence_intervals():
+    """With --processes the rows carry a CI from the spread between processes: the verdicts use it,
+    not a bootstrap of pooled samples (which would understate that spread)."""
+    df, samples = synthetic(decode_ratio=1.1)
+    for metric in ("prefill_ms", "decode_ms_per_step"):
+        df[f"{metric}_ci_low"], df[f"{metric}_ci_high"] = df[metric] * 0.8, df[metric] * 1.25
+    found = by_claim(verdicts.verdicts(df, samples))
+    assert "confidence interval" in found["decode"].basis and found["decode"].verdict == verdicts.UNKNOWN
+    assert found["decode"].low == pytest.approx(found["decode"].value * 0.8 / 1.25)
+
+
 def test_ci_columns_win_over_quartiles_and_rates_keep_the_time_spread():
     df, _ = synthetic()
     assert spread.words(df, "prefill_ms") == spread.IQR_WORDS
