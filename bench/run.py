@@ -179,6 +179,7 @@ def write_result(case, measured: list[tuple[dict, list[dict]]], out: Path):
     rows = [row for row, _ in measured]
     batch = rows[0].get("batch", case.batch)  # batch = "max": the batch the search found
     row = aggregate.combine(rows, [samples for _, samples in measured], batch, case.seq_len)
+    row.pop("process", None)  # the combined row is no one process's (processes.csv has each)
     report.append_rows(out / "results.csv", report.COLUMNS, [row])
 
 
