@@ -1,5 +1,12 @@
 """`python -m bench`: see bench.cli."""
 
-from bench.cli import main
+import sys
+
+from bench.show.progress import status
+
+if sys.argv[1:2] in ([], ["run"]) and not {"-h", "--help"} & set(sys.argv):
+    status("loading torch and the models")  # at once: importing them takes seconds
+
+from bench.cli import main  # noqa: E402
 
 raise SystemExit(main())

@@ -1,9 +1,10 @@
-"""`python -m bench`: run | merge | plot | list | columns | quality | compare | gate. Parsing and dispatch; a run is
-carried out by bench.run. With no arguments: `run` on the device present, of the gpu-decode suite
-on a GPU and of the default suite on a CPU.
+"""`python -m bench`: run | merge | report | plot | list | columns | quality | compare | gate. Parsing
+and dispatch; a run is carried out by bench.run. With no arguments: `run` on the device present, of
+the gpu-decode suite on a GPU and of the default suite on a CPU.
 
 Every usage error (bad suite, axis value, shard, out dir, device...) exits 2 with one line on
-stderr and writes nothing."""
+stderr and writes nothing. Ctrl-C exits 130 with one line (a run's: how to resume it); a reader
+that closes stdout early (`python -m bench list | head`) ends the command quietly."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 from bench import run as run_suite
+from bench.show import progress
 from bench.suite import UsageError
 
 RUNS_DIR = Path("results/runs")
@@ -38,10 +40,22 @@ def main(argv: list[str] | None = None) -> int:
             args.arch_module = [str(Path(m).resolve()) if m.endswith(".py") else m for m in args.arch_module]
         # From the command line, start the case server at once (it loads torch meanwhile).
         args.early_start = from_command_line
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return code
     except UsageError as e:
+        progress.clear_status()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        progress.clear_status()
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader is gone: send what is still buffered nowhere, so the exit flush cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as a shell reports SIGPIPE
 
 
 def build_parser() -> Parser:
@@ -75,14 +89,35 @@ def build_parser() -> Parser:
                           "bench/archs.py); repeatable")
     run.set_defaults(func=cmd_run)
 
-    merge = sub.add_parser("merge", help="join shard run directories into one run")
-    merge.add_argument("dirs", nargs="+", type=Path)
-    merge.add_argument("--out", type=Path, default=None)
+    merge = sub.add_parser(
+        "merge", help="join shard run directories into one run",
+        description="Join the run directories of one suite's shards (`run --shard I/N`) into one run: results, "
+                    "samples, env.json, then summary.md, plots and report.html. Says which shards and cases of the "
+                    "suite are missing (they are also named in summary.md); refuses runs of different suites or "
+                    "devices and a case present twice.")
+    merge.add_argument("dirs", nargs="+", type=Path, metavar="RUN",
+                       help="run directories to join (the --out of each shard's `python -m bench run`)")
+    merge.add_argument("--out", type=Path, default=None,
+                       help="the merged run directory (default results/runs/<suite>-merged-<device>-<time>)")
     merge.set_defaults(func=cmd_merge)
 
+    rep = sub.add_parser(
+        "report", help="write the HTML report of one or several runs",
+        description="Write one self-contained HTML page (no network needed to view it): the verdicts, the "
+                    "environment, the plots (values on hover, linear or log axes) and sortable tables of the last "
+                    "RUN; given several runs also the first against the last (compare's rules) and the history "
+                    "of every case and metric over the runs' commits.")
+    rep.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                     help="run directories, or directories holding run directories (e.g. results/runs); the "
+                          "last is shown in full, the first is the comparison's base")
+    rep.add_argument("--html", type=Path, default=None, metavar="OUT.html",
+                     help="the page to write (default: report.html inside RUN when there is one run)")
+    rep.set_defaults(func=cmd_report)
+
     plot = sub.add_parser("plot", help="redraw every plot from a run directory or a results.csv")
-    plot.add_argument("source", type=Path)
-    plot.add_argument("--out", type=Path, default=None, help="default: plots/ beside the CSV")
+    plot.add_argument("source", type=Path, metavar="RUN_OR_CSV",
+                      help="a run directory or a results.csv (env.json beside it is used where present)")
+    plot.add_argument("--out", type=Path, default=None, help="where the PNGs go (default: plots/ beside the CSV)")
     plot.set_defaults(func=cmd_plot)
 
     lst = sub.add_parser("list", help="suites, presets, BitNet modes and the backends usable here")
@@ -275,10 +310,82 @@ def cmd_merge(args) -> int:
     if (args.dirs[0] / "suite.toml").is_file():
         shutil.copy(args.dirs[0] / "suite.toml", out / "suite.toml")
     env = dict(envs[0])
-    env.update(merged_from=[str(d) for d in args.dirs], shard=None, shards=[e.get("shard") for e in envs],
-               git_commits=sorted({str(e.get("git_commit")) for e in envs}), cases=len(results))
+    expected, why_unknown = _expected_cases(args.dirs[0], envs)
+    missing = [c for c in expected if c not in set(results["case_id"])] if expected is not None else []
+    shards = [e.get("shard") for e in envs]
+    env.update(merged_from=[str(d) for d in args.dirs], shard=None, shards=shards,
+               git_commits=sorted({str(e.get("git_commit")) for e in envs}), cases=len(results),
+               cases_expected=len(expected) if expected is not None else None, missing_cases=missing)
     report.write_env(out / "env.json", env)
     run_suite.finish(out, env)
+    if why_unknown:
+        print(f"merge: cannot tell which cases are missing: {why_unknown}", file=sys.stderr)
+    elif missing:
+        absent = _missing_shards(shards)
+        print(f"merge: {len(missing)} of {len(expected)} cases of suite {env.get('suite')!r} missing"
+              + (f" (shard{'s' if len(absent) > 1 else ''} {', '.join(absent)} not given)" if absent else "")
+              + ": " + ", ".join(missing), file=sys.stderr)
+    else:
+        print(f"merge: all {len(expected)} cases of suite {env.get('suite')!r} present", file=sys.stderr)
+    return 0
+
+
+def _expected_cases(run_dir: Path, envs: list[dict]) -> tuple[list[str] | None, str | None]:
+    """The case ids the shards' suite expands to (less what --only left out): (ids, None), or
+    (None, why not)."""
+    from bench import suite as suites
+
+    path = run_dir / "suite.toml"
+    if not path.is_file():
+        return None, f"{path} is missing"
+    onlys = {e.get("only") for e in envs}
+    if len(onlys) > 1:
+        return None, "the runs were given different --only lists"
+    try:
+        suite = suites.parse_suite(path.read_text(), path, envs[0].get("arch_modules_cli") or ())
+    except (UsageError, OSError) as e:
+        return None, f"{path} does not expand here ({e})"
+    only_text = onlys.pop()
+    only = [c.strip() for c in only_text.split(",") if c.strip()] if only_text else None
+    try:
+        return [c.case_id for c in suites.select(suite.cases, only, None)], None
+    except UsageError as e:
+        return None, str(e)
+
+
+def _missing_shards(shards: list[str | None]) -> list[str]:
+    """Shards I/N of the N the runs were split into that no run covered."""
+    given = [s for s in shards if s]
+    counts = {s.split("/")[1] for s in given}
+    if len(counts) != 1 or len(given) != len(shards):
+        return []
+    n = int(counts.pop())
+    return [f"{i}/{n}" for i in range(1, n + 1) if f"{i}/{n}" not in given]
+
+
+def cmd_report(args) -> int:
+    from bench.show import html
+
+    dirs = []
+    for path in args.runs:
+        found = html.run_dirs(path)
+        if not found:
+            raise UsageError(f"report: {path} is not a run directory (no results.csv in it or its subdirectories)")
+        dirs += found
+    if args.html is None:
+        if len(dirs) > 1:
+            raise UsageError(f"report: {len(dirs)} runs: name the page with --html OUT.html")
+        args.html = dirs[0] / "report.html"
+    if args.html.exists() and args.html.is_dir():
+        raise UsageError(f"report: --html {args.html} is a directory, not a file")
+    _check_writable_dir(args.html.parent)
+    runs = []
+    for d in dirs:
+        try:
+            runs.append(html.load(d))
+        except Exception as e:
+            raise UsageError(f"report: cannot read {d}: {type(e).__name__}: {e}") from None
+    print(f"wrote {html.write(args.html, runs)}")
     return 0
 
 

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.show import progress
 from bench.show.progress import Progress
 from bench.suite import MAX_BATCH, backend_unusable
 
@@ -30,6 +31,7 @@ CEILING_DRIFT = 0.05  # a ceiling that moved more than this between the run's st
 # Set (by `bench gate`): write results.csv, samples.csv and env.json only, no summary or plots:
 # the gate reads nothing else, and 40 runs a gate would spend a minute drawing them.
 NO_REPORT_ENV = "BENCH_NO_REPORT"
+REPORT_NAME = "report.html"
 
 
 @dataclass
@@ -46,7 +48,9 @@ class RunSettings:
 
 def dry_run(suite, cases, device: str) -> int:
     from bench.measure.runner import estimate
+    from bench.show.units import size as _size
 
+    progress.clear_status()
     print(f"suite {suite.name} ({suite.path}): {len(cases)} cases for {device}, {suite.repeats} repeats")
     print(f"{'case_id':<72} {'params':>14} {'weights':>11} {'kv cache':>11} {'prefill peak':>12}")
     for case in cases:
@@ -70,17 +74,28 @@ def dry_run(suite, cases, device: str) -> int:
     return 0
 
 
-def _size(n: float) -> str:
-    if math.isnan(n):
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
-
-
 def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: bool) -> int:
+    """Run the cases into `out`; Ctrl-C stops with the resume hint alone (exit 130)."""
+    try:
+        env, dtypes = _execute(suite, cases, run, out, present, resumed)
+        progress.status("measuring this machine again (did its ceilings drift?)")
+        remeasure_ceilings(env, run.device, dtypes, run.threads)
+    except KeyboardInterrupt:
+        progress.clear_status()
+        print(f"interrupted: finish with `python -m bench run --resume {out}`", file=sys.stderr, flush=True)
+        return 130
+    from bench.show import report
+
+    report.write_env(out / "env.json", env)
+    if os.environ.get(NO_REPORT_ENV):
+        print(f"wrote {out / 'results.csv'}, {out / 'samples.csv'}, {out / 'env.json'} ({NO_REPORT_ENV} set: "
+              f"no summary or plots)")
+        return 0
+    finish(out, env)
+    return 0
+
+
+def _execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: bool) -> tuple[dict, list[str]]:
     from bench.measure import runner
     from bench.show import report
 
@@ -92,8 +107,10 @@ def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: b
         env = json.loads((out / "env.json").read_text())
     else:
         (out / "suite.toml").write_text(suite.text)
+        progress.status(f"measuring this machine ({device}: copy bandwidth, matmul rate)")
         answer = runner.run_isolated(runner.machine_info, device, dtypes, threads=run.threads)
         if answer[0] != "ok":
+            progress.clear_status()
             print(f"warning: measuring this machine failed ({answer[1]}); ceilings left empty", file=sys.stderr)
         machine = answer[1] if answer[0] == "ok" else {}
         env = environment(suite, run, machine, present, cases)
@@ -101,6 +118,7 @@ def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: b
 
     todo = [c for c in cases if c.case_id not in done]
     injections = [item.partition(":")[::2] for item in os.environ.get(INJECT_ENV, "").split(",") if item]
+    progress.clear_status()
     print(f"{suite.name}: {len(todo)} of {len(cases)} cases to run on {device}"
           f"{f', {run.processes} processes each' if run.processes > 1 else ''} -> {out}", file=sys.stderr)
     if suite.memory_cap_gb is not None and device != "cuda":
@@ -119,17 +137,9 @@ def execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: b
                 if measured[-1][0]["status"] != "ok" or len(measured) == run.processes:
                     write_result(case, measured, out)
                     done.add(case.case_id)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finish with `python -m bench run --resume {out}`", file=sys.stderr)
-        return 130
-    remeasure_ceilings(env, device, dtypes, run.threads)
-    report.write_env(out / "env.json", env)
-    if os.environ.get(NO_REPORT_ENV):
-        print(f"wrote {out / 'results.csv'}, {out / 'samples.csv'}, {out / 'env.json'} ({NO_REPORT_ENV} set: "
-              f"no summary or plots)")
-        return 0
-    finish(out, env)
-    return 0
+    finally:
+        bar.close()
+    return env, dtypes
 
 
 def run_one(case, process: int, suite, run: RunSettings, env: dict, out: Path, injections, backends_present: str,
@@ -140,8 +150,8 @@ def run_one(case, process: int, suite, run: RunSettings, env: dict, out: Path, i
     from bench.show import report
 
     device = run.device
-    label = case.case_id + (f" [{process + 1}/{run.processes}]" if run.processes > 1 else "")
-    bar.show(label)
+    note = f"process {process + 1} of {run.processes}" if run.processes > 1 else ""
+    bar.show(case, note)
     t0 = time.perf_counter()
     inject = next((kind for kind, match in injections if match and match in case.case_id), None)
     unusable = backend_unusable(case, device, env.get("backends") or {})
@@ -166,7 +176,7 @@ def run_one(case, process: int, suite, run: RunSettings, env: dict, out: Path, i
     report.append_rows(out / "samples.csv", report.SAMPLE_COLUMNS, samples)
     if run.processes > 1:
         report.append_rows(out / report.PROCESSES_FILE, report.PROCESS_COLUMNS, [row])
-    bar.done(label, row["status"], row["elapsed_s"])
+    bar.done(case, row["status"], row["elapsed_s"], note)
     return row, samples
 
 
@@ -178,6 +188,7 @@ def write_result(case, measured: list[tuple[dict, list[dict]]], out: Path):
     rows = [row for row, _ in measured]
     batch = rows[0].get("batch", case.batch)  # batch = "max": the batch the search found
     row = aggregate.combine(rows, [samples for _, samples in measured], batch, case.seq_len)
+    row.pop("process", None)  # the combined row is no one process's (processes.csv has each)
     report.append_rows(out / "results.csv", report.COLUMNS, [row])
 
 
@@ -190,6 +201,7 @@ def remeasure_ceilings(env: dict, device: str, dtypes: list[str], threads: int |
         return
     answer = runner.run_isolated(runner.ceilings_only, device, dtypes, threads=threads)
     if answer[0] != "ok":
+        progress.clear_status()
         print(f"warning: measuring the ceilings again failed ({answer[1]})", file=sys.stderr)
         return
     before = dict(copy_bandwidth_bytes_s=env.get("copy_bandwidth_bytes_s"),
@@ -200,6 +212,7 @@ def remeasure_ceilings(env: dict, device: str, dtypes: list[str], threads: int |
     env["ceiling_drift"] = drift
     env["ceiling_drifted"] = sorted(k for k, v in drift.items() if abs(v) > CEILING_DRIFT)
     if env["ceiling_drifted"]:
+        progress.clear_status()
         print(f"warning: this machine's ceilings moved by more than {CEILING_DRIFT:.0%} during the run: "
               + ", ".join(f"{k} {drift[k]:+.1%}" for k in env["ceiling_drifted"]), file=sys.stderr)
 
@@ -228,20 +241,32 @@ def largest_batch(case, suite, run: RunSettings, env: dict, run_at) -> tuple[dic
 
 
 def finish(out: Path, env: dict, quiet: bool = False):
-    """Plots, summary.md and the console table from what results.csv holds now."""
-    from bench.show import plots, report
+    """Plots, summary.md, report.html and the console table from what results.csv holds now."""
+    from bench.show import html, report, verdicts
 
-    df = report.read_results(out / "results.csv")
-    paths = plots.plot_all(df, env, out / "plots")
-    (out / "summary.md").write_text(report.summary_markdown(df, env))
+    progress.status("writing summary.md, the plots and report.html")
+    run = html.Run(out, env, report.read_results(out / "results.csv"), report.read_samples(out / "samples.csv"))
+    rendered = html.render(run.results, env, png_dir=out / "plots")
+    paths = [r.png for r in rendered]
+    (out / "summary.md").write_text(report.summary_markdown(run.results, env, run.samples,
+                                                            [p.relative_to(out) for p in paths], REPORT_NAME))
+    html.write(out / REPORT_NAME, [run], rendered)
+    df = run.results
+    progress.clear_status()
     if quiet:
         return
     print(report.console_table(df))
     ratios = report.ratio_table(df)
     if len(ratios):
         print("\nYOCO against the baseline (> 1 favours YOCO):")
-        print(ratios.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print(f"\nwrote {out / 'results.csv'}, {out / 'samples.csv'}, {out / 'env.json'}, {out / 'summary.md'}")
+        print(ratios.to_string(index=False, float_format=lambda v: f"{v:.3g}x"))
+    found = verdicts.verdicts(df, run.samples)
+    if found:
+        print("\nDoes YOCO's saving hold here?")
+        for v in found:
+            print(f"  {v.verdict}: {v.claim}: {v.measured()}; expected {v.expected}")
+    print(f"\nwrote {out / 'results.csv'}, {out / 'samples.csv'}, {out / 'env.json'}, {out / 'summary.md'}, "
+          f"{out / REPORT_NAME}")
     for p in paths:
         print(f"wrote {p}")
 

@@ -200,7 +200,8 @@ def test_baselines_import_without_transformers():
 def test_compiled_decode_matches_eager_without_recompiling():
     torch.manual_seed(3)
     ours = _randomized_transformer(n_layers=1)  # one layer: the compile is most of this test's time
-    hf = hf_llama.from_transformer(ours).compile_decode()
+    hf = hf_llama.from_transformer(ours)
+    hf.compile_decode()
     caches = ours.allocate_cache(2, 32), hf.allocate_cache(2, 32)
     tokens = torch.randint(0, 512, (2, 20))
     try:
@@ -224,7 +225,8 @@ def test_cuda_bf16_compiled_decode_matches_ours():
     (reduce-overhead), against our Transformer's eager path."""
     torch.manual_seed(4)
     ours = _randomized_transformer(n_layers=2).to("cuda", torch.bfloat16)
-    hf = hf_llama.from_transformer(ours).compile_decode()
+    hf = hf_llama.from_transformer(ours)
+    hf.compile_decode()
     tokens = torch.randint(0, 512, (2, 300), device="cuda")
     caches = ours.allocate_cache(2, 320), hf.allocate_cache(2, 320)
     _close(hf.prefill(tokens, caches[1]).float(), ours.prefill(tokens, caches[0]).float(), rtol=5e-2)

@@ -111,15 +111,14 @@ class BitLinear(nn.Module):
                 f"packed={self.is_packed}")
 
 
-def pack_bitnet(model: nn.Module) -> nn.Module:
-    """In place: every BitLinear in `model` to packed storage, float weights freed. Returns model."""
+def pack_bitnet(model: nn.Module) -> None:
+    """In place: every BitLinear in `model` to packed storage, float weights freed."""
     layers = [m for m in model.modules() if isinstance(m, BitLinear)]
     if not layers:
         raise ValueError("pack_bitnet: the model has no BitLinear layers (bitnet='none'); build it with "
                          f"bitnet in {MODES} to pack")
     for layer in layers:
         layer.pack_()
-    return model
 
 
 def weight_bytes(model: nn.Module) -> int:

@@ -86,11 +86,10 @@ class CausalLM(nn.Module):
     def compile_decode(self, mode: str | None = None):
         """Compile the one-token step. On CUDA the default mode is "reduce-overhead" (CUDA
         graphs over the static cache); elsewhere torch.compile's default. The first calls
-        compile: warm up before timing."""
+        compile: warm up before timing. In place; returns None (the Python prompt prints nothing)."""
         if mode is None:
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
         self._step = torch.compile(self._step, mode=mode, fullgraph=True)
-        return self
 
     def capture_decode(self, cache: ModelCache, warmup: int = 3):
         """The one-token step captured as a CUDA graph over this cache (yoco.graphs.CapturedDecode):
@@ -125,11 +124,11 @@ class CausalLM(nn.Module):
         return weight_bytes(self)
 
     def pack_bitnet(self):
-        """In place: every BitLinear to packed inference storage (float weights freed)."""
+        """In place: every BitLinear to packed inference storage (float weights freed). Returns
+        None (the Python prompt prints nothing)."""
         from yoco.bitnet import pack_bitnet
 
         pack_bitnet(self)
-        return self
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings, times sqrt(d_model) under the authors' numerics (config.embed_scale)."""

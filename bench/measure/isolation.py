@@ -58,6 +58,10 @@ def _die_with_server():
 
 
 def _child(conn, fn, args, threads):
+    # Ctrl-C in a terminal reaches the whole process group: the parent prints how to resume and
+    # exits, and this case dies with the server (above). Its own KeyboardInterrupt would only
+    # print a second story (a traceback, or a BrokenPipeError answering a parent that is gone).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_server()
     try:
         if threads:
@@ -67,8 +71,11 @@ def _child(conn, fn, args, threads):
         result = ("ok", fn(*args))
     except BaseException as e:  # report anything to the parent, which records it
         result = ("raised", one_line(e))
-    conn.send(result)
-    conn.close()
+    try:
+        conn.send(result)
+        conn.close()
+    except (BrokenPipeError, ConnectionResetError):  # the parent is gone: no one to answer
+        pass
 
 
 def run_isolated(fn, *args, threads: int | None = None, timeout_s: float | None = None):

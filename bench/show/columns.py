@@ -210,6 +210,7 @@ QUALITY: list[Column] = [
 RESULT_NAMES = [c.name for c in RESULTS]
 QUALITY_NAMES = [c.name for c in QUALITY]
 SAMPLE_NAMES = [c.name for c in SAMPLES]
+UNITS = {c.name: c.unit for c in RESULTS}
 
 
 def markdown(columns: list[Column] = RESULTS) -> str:
