@@ -181,6 +181,7 @@ def measure_case(case: Case, device: str, repeats: int, warmup: int, ceilings: d
     except Exception as e:  # recorded in the row; the sweep goes on
         row.update(status="error", error=one_line(e))
         traceback.print_exc()  # the full story on the run's stderr
+    row.pop("prefill_flops_parts", None)  # the estimate's parts, turned into prefill_flops_dtypes: no column
     return row, samples
 
 
