@@ -99,7 +99,8 @@ def test_swa_ring_reads_only_the_window():
 
 
 def test_packed_bitnet_weights_count_as_stored():
-    model = yoco.from_preset("tiny", bitnet="1.58bit").eval().pack_bitnet()
+    model = yoco.from_preset("tiny", bitnet="1.58bit").eval()
+    model.pack_bitnet()
     assert model.decode_bytes_per_step(1, 7) == independent_count(model, 1, 7)
     dense = yoco.from_preset("tiny")
     assert model.decode_bytes_per_step(1, 7) < dense.decode_bytes_per_step(1, 7) / 2  # the block weights are packed

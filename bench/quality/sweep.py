@@ -240,7 +240,9 @@ def _inference_weight_bytes(model, bitnet: str) -> int:
     """Weights as stored for inference: BitNet layers packed (the model itself stays as trained)."""
     if bitnet == "none":
         return model.weight_bytes()
-    return copy.deepcopy(model).pack_bitnet().weight_bytes()
+    packed = copy.deepcopy(model)
+    packed.pack_bitnet()
+    return packed.weight_bytes()
 
 
 def _kill_hook(spec: ModelSpec):
