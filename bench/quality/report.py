@@ -12,7 +12,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.show.plots import STYLE  # noqa: E402
+from bench.show import units  # noqa: E402
+from bench.show.plots import STYLE, _HumanLogFormatter  # noqa: E402
 
 KEPT = 0.9  # accuracy at or above which a model "keeps recall" at a point
 NEAR_CHANCE = 3  # accuracy below this many times chance counts as "at chance"
@@ -95,6 +96,8 @@ def plot_frontier(df: pd.DataFrame, env: dict, out: Path) -> Path:
         ax.step(frontier_x, frontier_y, where="post", color="black", alpha=0.35, linewidth=1, label="frontier")
         ax.axhline(models["chance"].iloc[0], color="gray", linestyle=":", linewidth=1, label="chance")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(_HumanLogFormatter())  # 2, 4, 10 KiB, not 2 x 10^0
+        ax.xaxis.set_minor_formatter(_HumanLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
         ax.set_ylim(-0.03, 1.05)
         ax.set_xlabel(f"KV cache at seq_len {int(df['seq_len'].iloc[0])}, batch 1, fp32 (KiB, log)")
         what = "MQAR, mean over pair counts" if task == "mqar" else "needle, mean over distances"
@@ -129,6 +132,7 @@ def plot_needle(df: pd.DataFrame, env: dict, out: Path) -> Path | None:
                     (int(r["receptive_field"]), 0.5), rotation=90, fontsize=7, color=color, ha="right")
     ax.axhline(needle["chance"].iloc[0], color="gray", linestyle=":", linewidth=1, label="chance")
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: units.sig(v)))  # 16, not 2^4
     ax.set_ylim(-0.03, 1.08)
     ax.set_xlabel("needle distance: query position minus the needle key's position (tokens, log)")
     ax.set_ylabel("accuracy")
