@@ -168,8 +168,9 @@ def test_a_slower_and_noisier_new_side_does_not_raise_its_own_bar(tmp_path):
 def test_raw_or_normalized_timings(tmp_path):
     base = write_side(tmp_path / "base", seed=0)
     new = write_side(tmp_path / "new", seed=1, machine=1.6)  # program and calibration alike
-    raw = judge(base, new)
-    assert compare.TIMING_SOURCE == "raw" and raw.timing_source == "raw"
+    raw = judge(base, new, timing_source="raw")
+    assert compare.TIMING_SOURCE == "normalized" and judge(base, new).timing_source == "normalized"
+    assert raw.timing_source == "raw"
     assert {s for k, s in statuses(raw).items() if k[1] in TIMINGS} == {"regressed"}
     normalized = judge(base, new, timing_source="normalized")
     timing = [r for r in normalized.rows if r.metric in TIMINGS]
@@ -186,7 +187,7 @@ def test_normalized_source_needs_the_column(tmp_path, capsys):
     for run in new.iterdir():
         rows = list(csv.reader((run / "samples.csv").read_text().splitlines()))
         (run / "samples.csv").write_text("".join(",".join(r[:4]) + "\n" for r in rows))
-    assert changed(judge(base, new)) == {}  # raw needs only `value`
+    assert changed(judge(base, new, timing_source="raw")) == {}  # raw needs only `value`
     assert run_cli(base, new, "--timing-source", "normalized") == 2
     assert "no 'normalized' column" in capsys.readouterr().err
 
@@ -206,7 +207,8 @@ def test_the_median_of_each_run_not_its_mean(tmp_path):
 
 
 def test_holm_counts_every_timing_compared(tmp_path):
-    # per-run medians with exactly three of 49 pairs out of order: one-sided p = 7 / C(14, 7) = 0.002
+    # raw timings (the constructed order is of `value`): per-run medians with exactly three of
+    # 49 pairs out of order: one-sided p = 7 / C(14, 7) = 0.002
     base_luck = [1.00, 1.04, 1.08, 1.12, 1.16, 1.20, 1.40]
     new_luck = [1.28, 1.32, 1.36, 1.44, 1.48, 1.52, 1.56]
     target = CASES[0]
@@ -217,17 +219,18 @@ def test_holm_counts_every_timing_compared(tmp_path):
             luck[target] = x
             write_run(tmp_path / side / f"run-{i:02d}", rng, luck=luck)
     key = (target, "decode_ms_per_step")
-    one = judge(tmp_path / "base", tmp_path / "new", metrics=("decode_ms_per_step",), cases=(target,))
+    one = judge(tmp_path / "base", tmp_path / "new", timing_source="raw", metrics=("decode_ms_per_step",),
+                cases=(target,))
     assert row_of(one, *key).p == pytest.approx(7 / 3432)
     assert statuses(one)[key] == "regressed"
     # three timings: 3 x 0.002 = 0.006 < 0.01; six: 0.012, not significant
-    three = judge(tmp_path / "base", tmp_path / "new", metrics=("decode_ms_per_step",))
+    three = judge(tmp_path / "base", tmp_path / "new", timing_source="raw", metrics=("decode_ms_per_step",))
     assert statuses(three)[key] == "regressed" and row_of(three, *key).p == pytest.approx(3 * 7 / 3432)
-    six = judge(tmp_path / "base", tmp_path / "new")
+    six = judge(tmp_path / "base", tmp_path / "new", timing_source="raw")
     assert row_of(six, *key).p == pytest.approx(6 * 7 / 3432)
     assert statuses(six)[key] == "unchanged"
     # the gate's confirmation: a family as large as its first pass
-    assert statuses(judge(tmp_path / "base", tmp_path / "new", metrics=("decode_ms_per_step",),
+    assert statuses(judge(tmp_path / "base", tmp_path / "new", timing_source="raw", metrics=("decode_ms_per_step",),
                           cases=(target,), family_size=6))[key] == "unchanged"
 
 
@@ -596,10 +599,10 @@ def test_wrong_schema_and_bad_paths(tmp_path, capsys):
 def test_a_noise_file_must_match_the_timing_source(tmp_path, capsys):
     base = write_side(tmp_path / "base", seed=0)
     noise = tmp_path / "noise.json"
-    noise.write_text(json.dumps({"source": "normalized", "spread": {}}))
+    noise.write_text(json.dumps({"source": "raw", "spread": {}}))
     assert run_cli(base, base, "--noise-file", noise) == 2
-    assert "measured on normalized timings, but timings are judged raw" in capsys.readouterr().err
-    assert run_cli(base, base, "--noise-file", noise, "--timing-source", "normalized") == 0
+    assert "measured on raw timings, but timings are judged normalized" in capsys.readouterr().err
+    assert run_cli(base, base, "--noise-file", noise, "--timing-source", "raw") == 0
 
 
 def drop_samples(run_dir, case, metric):
@@ -631,7 +634,7 @@ def test_nan_samples_are_left_out_and_a_run_without_any_is_not_a_run(tmp_path):
         rows = list(csv.reader(path.read_text().splitlines()))
         for r in rows[1:]:
             if r[0] == CASES[0] and r[1] == "prefill_ms" and (i == 0 or r[2] == "3"):
-                r[3] = "nan"  # run 0 has no prefill sample left; the others lose one repeat
+                r[3] = r[5] = "nan"  # run 0 has no prefill sample left; the others lose one repeat
         path.write_text("".join(",".join(r) + "\n" for r in rows))
     row = row_of(judge(base, new), CASES[0], "prefill_ms")
     assert row.runs == "7/6" and row.status == "unchanged" and math.isfinite(row.ratio)

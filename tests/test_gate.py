@@ -52,7 +52,8 @@ FAKE_MAIN = textwrap.dedent('''
                     factor = 1.0  # a fluke: gone when the flagged cases are re-run
                 for r in range(a.repeats):
                     jitter = luck * (1 + 0.01 * rng.gauss(0, 1))
-                    value, calibration = center * factor * jitter, 5.0 * jitter
+                    # the calibration shares the process's luck but has its own noise, as a real one
+                    value, calibration = center * factor * jitter, 5.0 * luck * (1 + 0.01 * rng.gauss(0, 1))
                     w.writerow([case, metric, r, value, calibration, value / calibration])
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -61,9 +61,11 @@ MEMORY_BEFORE = "mem_before_model_bytes"  # subtracted from the peaks: the model
 MEMORY_TOLERANCE = 0.02  # of BASE's share ...
 MEMORY_SLACK_BYTES = 256 << 10  # ... plus 256 KiB (page and allocator granularity)
 # Which samples.csv column the timings are judged on: "raw" (`value`, the measured time) or
-# "normalized" (`normalized`, over a calibration workload timed in the same process). Raw until an
-# A/A measurement (scripts/gate_noise.py) shows normalizing narrows the spread between runs.
-TIMING_SOURCE = "raw"
+# "normalized" (`normalized`, over a calibration workload timed in the same process). Normalized:
+# on the idle 2-core machine, 10 A/A runs of the smoke suite (scripts/aa_spread.py, results/
+# reference/aa-spread-cpu) gave it a narrower between-run spread in 9 of 12 case-metric pairs, the
+# median relative IQR 0.72x raw's (decode 0.063 against 0.086, prefill 0.076 against 0.108).
+TIMING_SOURCE = "normalized"
 TIMING_SOURCES = {"raw": "value", "normalized": "normalized"}
 STATUS_ORDER = ("regressed", "missing", "likely regressed", "improved", "likely improved", "new", "inconclusive",
                 "unchanged")
