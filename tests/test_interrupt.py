@@ -56,7 +56,10 @@ def test_ctrl_c_in_a_terminal_prints_the_resume_hint_and_nothing_else(tmp_path):
     primary, secondary = pty.openpty()
     process = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--device", "cpu",
                                 "--out", str(out)], stdin=secondary, stdout=secondary, stderr=secondary, cwd=REPO,
-                               start_new_session=True)  # its own process group, as a shell's job
+                               start_new_session=True,  # its own process group, as a shell's job
+                               # with SIGINT at its default, as a terminal's foreground job has it (a
+                               # test run started in the background, `pytest &`, inherits it ignored)
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(secondary)
     text = bytearray()
     try:
