@@ -150,7 +150,7 @@ def cmd_run(args) -> int:
     if args.early_start and not args.dry_run:
         from bench.measure import isolation
 
-        isolation.start()  # the case server loads torch while this process reads the suite
+        isolation.start()  # (already started by bench/__main__.py: this only checks it runs)
 
     import torch
 

@@ -31,6 +31,9 @@ CEILING_DRIFT = 0.05  # a ceiling that moved more than this between the run's st
 # Set (by `bench gate`): write results.csv, samples.csv and env.json only, no summary or plots:
 # the gate reads nothing else, and 40 runs a gate would spend a minute drawing them.
 NO_REPORT_ENV = "BENCH_NO_REPORT"
+# Set (by `bench gate`): skip measuring the machine's ceilings (bandwidth and matmul rate, 1.4 s a
+# run on 2 cores), so MFU and MBU are left empty: the gate judges timings and memory only.
+NO_CEILINGS_ENV = "BENCH_NO_CEILINGS"
 REPORT_NAME = "report.html"
 
 
@@ -108,12 +111,15 @@ def _execute(suite, cases, run: RunSettings, out: Path, present: dict, resumed: 
     else:
         (out / "suite.toml").write_text(suite.text)
         progress.status(f"measuring this machine ({device}: copy bandwidth, matmul rate)")
-        answer = runner.run_isolated(runner.machine_info, device, dtypes, threads=run.threads)
+        ceilings = not os.environ.get(NO_CEILINGS_ENV)
+        answer = runner.run_isolated(runner.machine_info, device, dtypes, ceilings, threads=run.threads)
         if answer[0] != "ok":
             progress.clear_status()
             print(f"warning: measuring this machine failed ({answer[1]}); ceilings left empty", file=sys.stderr)
         machine = answer[1] if answer[0] == "ok" else {}
         env = environment(suite, run, machine, present, cases)
+        if not ceilings:
+            env["ceilings"] = f"not measured ({NO_CEILINGS_ENV} set): MFU and MBU left empty"
         report.write_env(out / "env.json", env)
 
     todo = [c for c in cases if c.case_id not in done]

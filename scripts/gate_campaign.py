@@ -85,19 +85,29 @@ def main(argv=None) -> int:
     p.add_argument("--suite", default="smoke", help="the gate's suite (default smoke)")
     p.add_argument("--hook-check-blocks", type=int, default=30,
                    help="interleaved blocks of the in-process check of the change (0: skip; default 30)")
+    p.add_argument("--append", action="store_true",
+                   help="add the gates to OUT's campaign: allowed when OUT was measured with the same code "
+                        "(bench/, yoco/, baselines/ trees) and the same options; --aa/--slow/--fast count the "
+                        "new gates")
     p.add_argument("gate_args", nargs=argparse.REMAINDER,
                    help="after --: options for every `python -m bench gate` (e.g. -- --runs 3 --confirm-runs 2)")
     args, extra = p.parse_known_args(argv)
     gate_args = [a for a in (args.gate_args + extra) if a != "--"]
-    if args.out.exists() and any(args.out.iterdir()):
-        p.error(f"--out {args.out} is not empty")
+    if args.out.exists() and any(args.out.iterdir()) and not args.append:
+        p.error(f"--out {args.out} is not empty (--append adds gates to a campaign of the same code)")
     if not 0 < args.speedup < 1 or args.slowdown < 1:
         p.error("--slowdown must be >= 1 and --speedup in (0, 1)")
     dirty = git("status", "--porcelain", "--untracked-files=no").strip()
     if dirty:
         p.error(f"the checkout has uncommitted changes: the campaign measures HEAD; commit or stash first\n{dirty}")
     head = git("rev-parse", "HEAD").strip()
+    setup = dict(code=code_trees(), suite=args.suite, case=args.case, slowdown=args.slowdown,
+                 speedup=args.speedup, gate_args=gate_args)
+    rows = previous_rows(args.out, setup) if args.append else []
+    if args.append and not rows:
+        log(f"--append: no earlier gates in {args.out}: a new campaign")
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "campaign.json").write_text(json.dumps(setup, indent=2))
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # worktrees still removed
     scratch = Path(tempfile.mkdtemp(prefix="gate-campaign-"))
     trees = {}
@@ -118,15 +128,15 @@ def main(argv=None) -> int:
             log(f"in-process check of the change: decode x{hook['median']:.3f} "
                 f"(p25 {hook['p25']:.3f}, p75 {hook['p75']:.3f}, {hook['blocks']} interleaved blocks)")
         plan = schedule(args.aa, args.slow, args.fast)
-        rows = []
-        for i, kind in enumerate(plan):
+        total = len(rows) + len(plan)
+        for i, kind in enumerate(plan, start=len(rows)):
             tree, base = {"aa": (trees["same"], "HEAD"), "slow": (trees["slow"], "HEAD"),
                           "fast": (trees["same"], slower_base)}[kind]
             out = (args.out / "gates" / f"{i:02d}-{kind}").resolve()
             row = run_gate(tree, base, out, args.suite, gate_args, kind, args.case)
-            row["n"] = i
+            row.update(n=i, commit=head[:12])
             rows.append(row)
-            log(f"gate {i + 1}/{len(plan)} {kind}: exit {row['exit']}, {row['seconds']:.0f} s, "
+            log(f"gate {i + 1}/{total} {kind}: exit {row['exit']}, {row['seconds']:.0f} s, "
                 f"failing: {row['failing'] or 'none'}; target {row['target_status']} x{row['target_ratio']}")
             write_outputs(args.out, rows, head, args, hook, gate_args)
         print(verdict(rows, args))
@@ -136,6 +146,30 @@ def main(argv=None) -> int:
             git("worktree", "remove", "--force", str(tree), check=False)
         git("worktree", "prune", check=False)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def code_trees() -> dict[str, str]:
+    """The git tree hashes of the code a gate runs: equal hashes, identical code (docs may differ)."""
+    return {d: git("rev-parse", f"HEAD:{d}").strip() for d in ("bench", "yoco", "baselines")}
+
+
+def previous_rows(out: Path, setup: dict) -> list[dict]:
+    """The gates of an earlier campaign in OUT, refused unless its code and options are these."""
+    if not (out / "campaign.csv").is_file():
+        return []
+    try:
+        before = json.loads((out / "campaign.json").read_text())
+    except (OSError, ValueError):
+        raise SystemExit(f"--append: {out}/campaign.json is missing or unreadable: cannot tell its code") from None
+    differ = sorted(k for k in setup if before.get(k) != setup[k])
+    if differ:
+        raise SystemExit(f"--append: {out} was measured with other {', '.join(differ)}: start a new campaign")
+    with open(out / "campaign.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["exit"] = int(row["exit"])
+        row["seconds"] = float(row["seconds"])
+    return rows
 
 
 def git(*args: str, cwd: Path = REPO, check: bool = True) -> str:
@@ -249,8 +283,8 @@ def verdict(rows: list[dict], args) -> str:
 
 
 def write_outputs(out: Path, rows: list[dict], head: str, args, hook: dict | None, gate_args: list[str]):
-    columns = ["n", "kind", "exit", "seconds", "target_status", "target_ratio", "target_ci", "target_p", "target_runs",
-               "failing", "improved", "rerun", "load_before", "load_after"]
+    columns = ["n", "commit", "kind", "exit", "seconds", "target_status", "target_ratio", "target_ci", "target_p",
+               "target_runs", "failing", "improved", "rerun", "load_before", "load_after"]
     with open(out / "campaign.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
@@ -260,7 +294,7 @@ def write_outputs(out: Path, rows: list[dict], head: str, args, hook: dict | Non
     hook_line = (f"in-process check of the change: decode x{hook['median']:.3f} (p25 {hook['p25']:.3f}, "
                  f"p75 {hook['p75']:.3f})" if hook else "in-process check skipped")
     (out / "campaign.md").write_text(
-        f"# Gate campaign at {head[:12]}\n\n"
+        f"# Gate campaign at {', '.join(sorted({r.get('commit') or head[:12] for r in rows}))}\n\n"
         f"`python scripts/gate_campaign.py {' '.join(sys.argv[1:])}`: suite {args.suite}, gate options "
         f"`{' '.join(gate_args) or '(defaults)'}`, target {args.case} {METRIC}, {os.cpu_count()} CPUs.\n"
         f"{hook_line}.\n\n" + "\n".join(table) + "\n\n```\n" + verdict(rows, args) + "\n```\n")

@@ -64,7 +64,8 @@ FAKE_MAIN = textwrap.dedent('''
                         "RuntimeError: boom" if failed else ""])
     command = os.environ.get("FAKE_BENCH_COMMAND", " ".join(sys.argv))  # argv[0]: this __main__.py
     (out / "env.json").write_text(json.dumps({"suite": a.suite, "device": "cpu", "device_name": "fake",
-                                              "command": command, "no_report": os.environ.get("BENCH_NO_REPORT")}))
+                                              "command": command, "no_report": os.environ.get("BENCH_NO_REPORT"),
+                                              "no_ceilings": os.environ.get("BENCH_NO_CEILINGS")}))
 ''')
 
 
@@ -130,6 +131,7 @@ def test_identical_code_passes_and_removes_its_worktree(repo, capsys):
     assert all(r.endswith(" -") for r in first)  # the whole suite
     env = json.loads((repo.parent / "out" / "first" / "new" / "run-00" / "env.json").read_text())
     assert env["no_report"] == "1"  # CSVs only
+    assert env["no_ceilings"] == "1"  # and no ceilings measured
     assert len(runs) in (2 * RUNS, 2 * (RUNS + CONFIRM))  # a timing may lean worse by chance
     assert_no_worktree_left(repo)
 
@@ -386,15 +388,29 @@ def test_slow_decode_hook_adds_work_proportional_to_the_step(monkeypatch, one_th
 
 
 def test_gate_runs_write_the_csvs_only(tmp_path, monkeypatch, capsys):
-    """The gate's runs set BENCH_NO_REPORT: results, samples and env, no summary or plots."""
+    """The gate's runs set BENCH_NO_REPORT and BENCH_NO_CEILINGS: results, samples and env, no
+    summary or plots, no ceilings (so no MFU or MBU), the device facts still recorded."""
+    import math
+
+    import pandas as pd
+
     from bench import cli
     from bench import run as bench_run
 
-    assert bench_run.NO_REPORT_ENV == "BENCH_NO_REPORT"
+    assert (bench_run.NO_REPORT_ENV, bench_run.NO_CEILINGS_ENV) == ("BENCH_NO_REPORT", "BENCH_NO_CEILINGS")
     monkeypatch.setenv(bench_run.NO_REPORT_ENV, "1")
+    monkeypatch.setenv(bench_run.NO_CEILINGS_ENV, "1")
     out = tmp_path / "run"
     case = "yoco-swa-tiny-b1-s128-g36-w64-none-float32-torch-eager"
     assert cli.main(["run", "--suite", "smoke", "--only", case, "--device", "cpu", "--repeats", "1",
                      "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["env.json", "results.csv", "samples.csv", "suite.toml"]
     assert "no summary or plots" in capsys.readouterr().out
+    env = json.loads((out / "env.json").read_text())
+    assert "BENCH_NO_CEILINGS" in env["ceilings"]
+    assert math.isnan(env["copy_bandwidth_bytes_s"]) and env["matmul_flops_s_by_dtype"] == {}
+    assert "ceiling_drift" not in env  # nothing to measure again
+    assert env["device_name"] and env["threads"] == 1
+    row = pd.read_csv(out / "results.csv").iloc[0]
+    assert row["status"] == "ok" and row["prefill_ms"] > 0
+    assert math.isnan(row["decode_mbu"]) and math.isnan(row["prefill_mfu"])

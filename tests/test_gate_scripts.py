@@ -1,6 +1,7 @@
 """scripts/gate_noise.py (raw or normalized? the A/A calibration) and scripts/gate_campaign.py's parts
 that need no real gate (the plan of gates, the code change it plants, its verdict)."""
 
+import csv
 import importlib.util
 import json
 import math
@@ -115,3 +116,22 @@ def test_campaign_verdict_counts_what_the_issue_asks():
     assert f"2 of 3 failed naming it and {metric}" in text and "other timings failed in 2" in text
     assert "1 of 1 reported improved with exit 0" in text
     assert "longest gate: 310 s (target: <= 360 s)" in text
+
+
+def test_campaign_appends_only_to_gates_of_the_same_code_and_options(tmp_path):
+    setup = dict(code=campaign.code_trees(), suite="smoke", case="c1", slowdown=1.25, speedup=0.25, gate_args=[])
+    assert campaign.previous_rows(tmp_path, setup) == []  # nothing yet: a new campaign
+    rows = [dict(n=0, commit="abc", kind="aa", exit=0, seconds=200.5, failing=""),
+            dict(n=1, commit="abc", kind="slow", exit=1, seconds=300, failing="c1 decode_ms_per_step")]
+    with open(tmp_path / "campaign.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(SystemExit, match="campaign.json is missing"):
+        campaign.previous_rows(tmp_path, setup)
+    (tmp_path / "campaign.json").write_text(json.dumps(setup))
+    again = campaign.previous_rows(tmp_path, setup)
+    assert [(r["kind"], r["exit"], r["seconds"]) for r in again] == [("aa", 0, 200.5), ("slow", 1, 300.0)]
+    other = {**setup, "code": {**setup["code"], "bench": "0" * 40}, "gate_args": ["--runs", "7"]}
+    with pytest.raises(SystemExit, match="other code, gate_args"):
+        campaign.previous_rows(tmp_path, other)

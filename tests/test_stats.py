@@ -471,13 +471,13 @@ def test_higher_is_better_reads_the_ratio_upside_down():
 
 
 def test_worth_confirming_leans_worse_by_more_than_min_effect():
-    assert worth_confirming(known(1.06, p_worse=0.19), 0.05)
+    assert worth_confirming(known(1.06, p_worse=0.95 * stats.SCREEN_ALPHA), 0.05)
     assert not worth_confirming(known(1.06, p_worse=stats.SCREEN_ALPHA), 0.05)
     assert not worth_confirming(known(1.05, p_worse=0.01), 0.05)
     assert worth_confirming(known(1.05, p_worse=0.01), 0.04)
     assert not worth_confirming(known(0.8, p_worse=1.0, p_better=1e-4), 0.05)
     assert worth_confirming(known(1.06, p_worse=0.25), 0.05, screen_alpha=0.3)
-    assert worth_confirming(known(0.9, lower_is_better=False, p_worse=0.1), 0.05)
+    assert worth_confirming(known(0.9, lower_is_better=False, p_worse=stats.SCREEN_ALPHA / 2), 0.05)
 
 
 def test_decide_passes_its_options_on():

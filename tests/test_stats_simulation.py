@@ -12,7 +12,8 @@ Stated bounds (README, "Performance gate"):
   with normal and heavy-tailed noise);
 - a 25% slowdown of one timing: failed with that timing named in >= 97% of gates at 10% spread
   between runs, >= 85% at 15% (the gate's defaults, 10 + 10 runs a side);
-- a 25% speed-up: reported improved in >= 95% of gates at 10% spread, never regressed;
+- a 25% speed-up: reported improved in >= 95% of gates at 10% spread, never regressed (the other
+  timings fail a gate at the identical-code rate);
 - with one run a side (repeats only, `likely` verdicts) and 5% luck between runs: a 30% slowdown
   is called likely regressed in >= 75% of comparisons; identical code gets a likely regression
   in <= 15% of comparisons of 12 timings (about 10%; at 10% luck about 70%: one run a side
@@ -106,10 +107,13 @@ def _old_rule(base, new, alpha=0.01):
 
 
 def test_a_25_percent_speedup_is_improved_and_never_regressed():
+    """The sped-up timing is never called regressed; the other eleven are identical code, so they
+    may fail a gate at the family-wise rate (1%, checked as <= 2% as above), not more."""
     rng = np.random.default_rng(5)
-    outcomes = [gate(rng, 0.10, [-math.log(1 / 0.75)] + [0.0] * (TIMINGS - 1)) for _ in range(60)]
-    assert sum(o[0] == "improved" for o in outcomes) >= 0.95 * 60
-    assert not any("regressed" in o for o in outcomes)
+    outcomes = [gate(rng, 0.10, [-math.log(1 / 0.75)] + [0.0] * (TIMINGS - 1)) for _ in range(200)]
+    assert sum(o[0] == "improved" for o in outcomes) >= 0.95 * 200
+    assert not any(o[0] == "regressed" for o in outcomes)
+    assert sum("regressed" in o[1:] for o in outcomes) <= 4
 
 
 @pytest.mark.parametrize("n", [7, 10])

@@ -252,7 +252,8 @@ def run_suite(tree: Path, run_dir: Path, suite: str, args, only: list[str] | Non
     if only:
         command += ["--only", ",".join(only)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]),
-           "BENCH_NO_REPORT": "1"}  # bench.run.NO_REPORT_ENV: CSVs only (a revision without it ignores it)
+           # bench.run.NO_REPORT_ENV, NO_CEILINGS_ENV: CSVs only, no ceilings (a revision without them ignores them)
+           "BENCH_NO_REPORT": "1", "BENCH_NO_CEILINGS": "1"}
     env.pop("PYTHONSAFEPATH", None)
     try:
         result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True,

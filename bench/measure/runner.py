@@ -207,12 +207,13 @@ def run_case(case: Case, device: str, repeats: int, warmup: int, ceilings: dict,
     return dict(status="error", error=f"case process exited with code {code} without a result"), []
 
 
-def machine_info(device: str, dtypes: list[str]) -> dict:
+def machine_info(device: str, dtypes: list[str], ceilings: bool = True) -> dict:
     """Ceilings and device facts, measured in a case-like process (the parent never touches CUDA).
-    `dtypes`: the matmul rates to measure (the cases' dtypes, float32, int8 for BitNet on CUDA)."""
+    `dtypes`: the matmul rates to measure (the cases' dtypes, float32, int8 for BitNet on CUDA);
+    ceilings=False: the device facts only."""
     if device == "cuda" and not torch.cuda.is_available():
         return dict(cuda_missing=True)
-    info = dict(roofline.measure_ceilings(device, dtypes))
+    info = dict(roofline.measure_ceilings(device, dtypes)) if ceilings else {}
     info["threads"] = torch.get_num_threads()
     info["cpu_count"] = os.cpu_count()
     info["device_name"] = device_name(device)
