@@ -37,8 +37,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_bitlinear_replaces_block_linears_only():
-    model = build("gret", "1.58bit")
+@pytest.mark.parametrize("arch", ["gret", "swa", "transformer"])
+def test_bitlinear_replaces_block_linears_only(arch):
+    model = build(arch, "1.58bit")
     plain = [m for m in model.modules() if type(m) is nn.Linear]
     assert plain == [model.lm_head]  # the LM head stays full precision (and the embedding)
     assert sum(isinstance(m, BitLinear) for m in model.modules()) > 10

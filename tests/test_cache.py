@@ -35,6 +35,15 @@ def test_ring_write_wraps_and_valid_counts_written_slots():
         assert ring.valid(pos).tolist() == [s <= p for s in range(4)]
 
 
+@pytest.mark.parametrize("start,n", [(3, 3), (6, 3), (9, 2), (10, 3)])  # from 0; past the wrap, twice past
+def test_ring_window_before_gives_the_n_positions_before_start_in_order(start, n):
+    ring = RingKVCache(1, 2, 4, 3, torch.float32, "cpu")
+    ring.fill(keys(start), -keys(start))
+    k, v = ring.window_before(start, n)
+    assert k[0, 0, :, 0].tolist() == [p + 1 for p in range(start - n, start)]
+    torch.testing.assert_close(v, -k)
+
+
 def test_kv_cache_fill_write_and_valid():
     cache = KVCache(1, 2, 6, 3, torch.float32, "cpu")
     cache.fill(keys(4), 2 * keys(4))
@@ -42,6 +51,15 @@ def test_kv_cache_fill_write_and_valid():
     assert cache.k[0, 1, :, 0].tolist() == [1, 2, 3, 4, 5, 0]
     assert cache.v[0, 1, :, 0].tolist() == [2, 4, 6, 8, 10, 0]
     assert cache.valid(torch.tensor([4])).tolist() == [True] * 5 + [False]
+
+
+def test_retention_state_is_float32_whatever_the_default_dtype():
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert RetentionState(1, 2, 3, "cpu").state.dtype == torch.float32
+    finally:
+        torch.set_default_dtype(default)
 
 
 def test_byte_formulas():
@@ -76,3 +94,8 @@ def test_prefill_and_decode_stay_on_the_models_device(arch):
     assert {b.device.type for b in cache.buffers()} == {"meta"}
     assert all(x.device.type == "meta" and x.shape == (2, model.config.vocab_size) for x in logits)
     assert cache.length == 12
+    # a chunked prefill (each chunk looks back into the cache) and the full forward pass, too
+    tokens = torch.zeros(2, 9, dtype=torch.long, device="meta")
+    chunked = model.prefill(tokens, model.allocate_cache(2, 16), chunk_size=4)
+    full = model(tokens)
+    assert chunked.device.type == full.device.type == "meta" and full.shape == (2, 9, model.config.vocab_size)

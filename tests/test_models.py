@@ -267,6 +267,27 @@ def test_unknown_preset_and_field():
         baselines.from_preset("tiny", window=3)  # the baseline has no window
 
 
+@pytest.mark.parametrize("arch, parts", [("gret", ("fla", "flash_attn", "apex")), ("swa", ("flash_attn", "apex"))])
+def test_auto_backend_is_resolved_for_the_models_device_and_parts(arch, parts, monkeypatch):
+    """On a CPU "auto" is always "torch", so only a spy sees what the build asks for on a GPU."""
+    from yoco import backends
+
+    asked = []
+    monkeypatch.setattr(backends, "resolve", lambda backend, device, parts: asked.append((backend, device, parts))
+                        or "torch")
+    yoco.from_preset("tiny", self_decoder=arch, device="meta")
+    assert asked == [("auto", "meta", parts)]
+
+
+def test_weights_start_normal_with_std_0_02():
+    """GPT-2's initialisation, which the quality runs train from (the norms keep their ones)."""
+    torch.manual_seed(0)
+    model = yoco.from_preset("small")
+    weight = model.self_layers[0].mixer.wq.weight
+    assert abs(weight.std().item() - 0.02) < 0.001 and abs(weight.mean().item()) < 0.001
+    assert torch.all(model.kv_norm.weight == 1)
+
+
 def test_backend_that_does_not_import_is_refused():
     from yoco.backends import available
 

@@ -262,6 +262,8 @@ def check_against_reference(model, arch, numerics="llama", prompt=PROMPT, new=NE
         chunked_cache = model.allocate_cache(batch, prompt + new)  # chunks of 3: none divides the prompt
         chunked = [model.prefill(tokens[:, :prompt], chunked_cache, chunk_size=3)]
         chunked += [model.decode(tokens[:, t], chunked_cache) for t in range(prompt, prompt + new)]
+        # chunks of one token: the second chunk starts at position 1, every chunk but the first looks back
+        one_by_one = model.prefill(tokens[:, :prompt], model.allocate_cache(batch, prompt), chunk_size=1)
     ours = torch.stack(ours, dim=1)  # [B, 1 + new, V]: positions prompt-1 .. prompt+new-1
     chunked = torch.stack(chunked, dim=1)
     ref = reference.ReferenceModel(model.state_dict(), model.config, arch, numerics)
@@ -272,6 +274,7 @@ def check_against_reference(model, arch, numerics="llama", prompt=PROMPT, new=NE
         assert rel_err(ours[b, 1:], expected[prompt:]) < TOL, "decode"
         assert rel_err(chunked[b, 0], expected[prompt - 1]) < TOL, "chunked prefill"
         assert rel_err(chunked[b, 1:], expected[prompt:]) < TOL, "decode after a chunked prefill"
+        assert rel_err(one_by_one[b], expected[prompt - 1]) < TOL, "prefill in chunks of one token"
 
 
 @pytest.mark.parametrize("numerics", NUMERICS)

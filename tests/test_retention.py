@@ -1,5 +1,7 @@
 """gated_retention: the parallel and chunk forms and the decode step against the recurrent spec."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -196,7 +198,10 @@ def _good():
         (dict(k=torch.randn(2, 5, 3, 5)), "k shape"),
         (dict(v=torch.randn(2, 4, 3, 6)), "v shape"),
         (dict(log_decay=torch.randn(2, 5, 3, 1)), "log_decay shape"),
-        (dict(initial_state=torch.randn(2, 3, 6, 4)), "initial_state shape"),
+        (dict(initial_state=torch.randn(2, 3, 6, 4)),
+         re.escape("initial_state shape (2, 3, 6, 4) must be [B, H, Dk, Dv] = [2, 3, 4, 6]")),
+        (dict(k=torch.randn(2, 5, 12)), r"^k must be \[B, T, H, D\]"),
+        (dict(v=torch.randn(2, 5, 18)), r"^v must be \[B, T, H, D\]"),
         (dict(q=torch.zeros(2, 5, 3, 4, dtype=torch.long)), "floating-point"),
     ],
 )
@@ -219,7 +224,9 @@ def test_empty_sequence_raises():
     "change, match",
     [
         (dict(state=torch.zeros(2, 3, 4, 6, dtype=torch.bfloat16)), "float32"),
-        (dict(state=torch.zeros(2, 3, 6, 4)), "state shape"),
+        (dict(state=torch.zeros(2, 3, 6, 4)),
+         re.escape("state shape (2, 3, 6, 4) must be [B, H, Dk, Dv] = [2, 3, 4, 6]")),
+        (dict(k=torch.randn(2, 3, 5)), re.escape("k shape (2, 3, 5) must equal q shape (2, 3, 4) ([B, H, Dk])")),
         (dict(q=torch.randn(2, 1, 3, 4)), r"q must be \[B, H, Dk\]"),
         (dict(v=torch.randn(2, 2, 6)), "v shape"),
         (dict(log_decay=torch.randn(2, 3, 1)), "log_decay shape"),
@@ -236,7 +243,7 @@ def test_step_bad_inputs_raise(change, match):
 
 
 @pytest.mark.parametrize("decay", ["tau16", "strong"])
-@pytest.mark.parametrize("chunk_size,group_tokens", [(8, 8), (8, 20), (5, 16), (16, 1000)])
+@pytest.mark.parametrize("chunk_size,group_tokens", [(8, 1), (8, 8), (8, 20), (5, 16), (16, 1000)])
 def test_chunk_groups_match_recurrent(chunk_size, group_tokens, decay):
     """Groups of one chunk, of several (rounded down to whole chunks), a last group shorter than the
     others and a T that neither divides: the state crosses every group boundary exactly."""
@@ -265,6 +272,28 @@ def test_chunk_in_bf16_matmuls_stays_within_bf16_of_the_fp32_reference(decay):
     o32, _ = gated_retention(q, k, v, g, initial_state=state0, mode="chunk", chunk_size=32, group_tokens=64,
                              matmul_dtype=torch.float32)
     assert not torch.equal(o, o32)
+
+
+def test_the_state_is_float32_from_bf16_inputs_without_an_initial_state():
+    (q, k, v, g), _ = random_inputs(1, 20, 2, 8, 8, seed=6)
+    for mode, matmul in [("parallel", None), ("recurrent", None), ("chunk", None), ("chunk", torch.bfloat16)]:
+        _, state = gated_retention(q.bfloat16(), k.bfloat16(), v.bfloat16(), g, mode=mode, chunk_size=8,
+                                   matmul_dtype=matmul)  # bf16 matmuls: the GPU's chunk path, forced here
+        assert state.dtype == torch.float32, (mode, matmul)
+
+
+def test_each_mode_runs_its_own_form(monkeypatch):
+    """The forms agree, so only a spy tells which one ran: the mode is a speed choice, it must be kept."""
+    from yoco.ops import retention
+
+    ran = []
+    for form in ("_parallel", "_chunk", "_recurrent"):
+        original = getattr(retention, form)
+        monkeypatch.setattr(retention, form, lambda *a, _f=original, _n=form, **kw: ran.append(_n) or _f(*a, **kw))
+    q, k, v, g, _ = _good()
+    for mode in ("parallel", "chunk", "recurrent"):
+        gated_retention(q, k, v, g, mode=mode)
+    assert ran == ["_parallel", "_chunk", "_recurrent"]
 
 
 def test_chunk_matmul_dtype_defaults_to_float32_on_the_cpu():

@@ -28,7 +28,7 @@ from yoco.ops.retention import gated_retention, gated_retention_step
 from yoco.ops.rope import apply_rope, rope_angles
 
 
-def make_linear(in_features: int, out_features: int, bitnet: str = "none") -> nn.Module:
+def make_linear(in_features: int, out_features: int, bitnet: str) -> nn.Module:
     """Every linear layer inside the blocks comes from here, so BitNet can replace it."""
     if bitnet == "none":
         return nn.Linear(in_features, out_features, bias=False)
