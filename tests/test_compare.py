@@ -685,3 +685,70 @@ def test_a_run_of_several_processes_gives_one_value_per_process(tmp_path):
     c = judge(merged("base", 0), merged("new", 1, scale={slow: 1.25}))
     assert changed(c) == {slow: "regressed"}
     assert row_of(c, *slow).runs == "7/7" and row_of(c, *slow).basis == "runs"
+
+
+# --- the deciding code's edges (mutation testing found them unchecked) ---
+
+def test_a_device_mismatch_alone_and_a_base_run_unlike_the_first_are_unusable(tmp_path, capsys):
+    base = write_side(tmp_path / "base", seed=0)
+    cuda = write_side(tmp_path / "cuda", seed=1, env={"device": "cuda"})  # the same device_name
+    err = expect_unusable(capsys, base, cuda, "different device: ", "'cpu'", "'cuda'")
+    assert err.rstrip().endswith("has 'cuda' (pass --allow-mismatch to compare anyway)")
+    odd_base = write_side(tmp_path / "odd-base", seed=2)
+    (odd_base / "run-01" / "env.json").write_text(json.dumps({"suite": "other", "device": "cpu",
+                                                             "device_name": "test-cpu"}))
+    expect_unusable(capsys, odd_base, write_side(tmp_path / "new", seed=3), "different suite", "'other'")
+
+
+def test_bad_timing_source_and_unknown_metric_name_what_is_allowed(tmp_path):
+    base = compare.load_side(write_side(tmp_path / "base", seed=0, runs=2))
+    with pytest.raises(compare.UnusableInput, match="^timing source 'scaled': allowed raw, normalized$"):
+        compare.compare_runs(base, base, compare.Options(timing_source="scaled"))
+    expected = f"unknown metric 'bogus': valid metrics are {', '.join(compare.METRICS)}"
+    with pytest.raises(compare.UnusableInput) as raised:
+        compare.compare_runs(base, base, compare.Options(metrics=("prefill_ms", "bogus")))
+    assert str(raised.value) == expected
+
+
+def test_cases_only_in_new_are_all_listed_with_what_failed(tmp_path):
+    base = write_side(tmp_path / "base", seed=0, runs=3, cases=CASES[:1])
+    new = write_side(tmp_path / "new", seed=1, runs=3)
+    shutil.rmtree(new / "run-02")
+    write_run(new / "run-02", np.random.default_rng(5), status={CASES[2]: "error"})
+    c = judge(base, new)
+    notes = {r.case_id: r.note for r in c.rows if r.status == "new"}
+    assert notes == {CASES[1]: "only in NEW",
+                     CASES[2]: "only in NEW; error in 1 of 3 NEW run(s): RuntimeError: boom"}
+
+
+def test_a_confirmation_judges_its_timings_whatever_their_order(tmp_path):
+    base = write_side(tmp_path / "base", seed=0)
+    new = write_side(tmp_path / "new", seed=1)
+    c = judge(base, new, metrics=("prefill_ms", "decode_ms_per_step"), cases=(CASES[0],),
+              timings=((CASES[0], "decode_ms_per_step"),), family_size=6)
+    assert [(r.case_id, r.metric) for r in c.rows] == [(CASES[0], "decode_ms_per_step")]
+
+
+def test_too_few_runs_note_counts_the_timings(tmp_path):
+    c = judge(write_side(tmp_path / "base", seed=0, runs=1), write_side(tmp_path / "new", seed=1, runs=1))
+    assert any("a side for 6 timing(s) at alpha 0.01" in n for n in c.notes), c.notes
+
+
+def test_default_metrics_are_the_timings_sampled_and_every_other_kind(tmp_path):
+    runs = compare.load_side(write_side(tmp_path / "base", seed=0, runs=1))
+    others = [m for m, spec in compare.METRICS.items() if spec.kind != "timing"]
+    assert compare.default_metrics(runs) == ("prefill_ms", "decode_ms_per_step", *others)
+
+
+def test_result_values_raw_or_the_models_share(tmp_path):
+    runs = compare.load_side(write_side(tmp_path / "base", seed=0, runs=2))
+    case, peak = CASES[0], "peak_mem_prefill_bytes"
+    raw = [float(r.results.at[case, peak]) for r in runs]
+    assert compare.result_values(runs, case, peak) == raw  # not the share unless asked
+    assert compare.result_values(runs, case, "kv_cache_bytes") == [65536.0, 65536.0]
+    before = [float(r.results.at[case, compare.MEMORY_BEFORE]) for r in runs]
+    assert compare.result_values(runs, case, peak, share=True) == [a - b for a, b in zip(raw, before)]
+    runs[0].results.loc[case, compare.MEMORY_BEFORE] = math.nan  # not recorded: counts as 0
+    assert compare.result_values(runs, case, peak, share=True) == [raw[0], raw[1] - before[1]]
+    runs[0].results = runs[0].results.drop(columns=["kv_cache_bytes"])  # a run without the column
+    assert compare.result_values(runs, case, "kv_cache_bytes") == [65536.0]
