@@ -134,6 +134,17 @@ def test_normal_approximation_agrees_with_exact_near_the_switch(alternative):
     assert approx == pytest.approx(exact, rel=0.5)
 
 
+def test_exact_up_to_and_including_exact_max_n():
+    """At EXACT_MAX_N a side the p-value is the exact count, not the normal approximation's."""
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=EXACT_MAX_N), rng.normal(0.8, size=EXACT_MAX_N)
+    ranks = stats.midranks(np.concatenate([x, y]))
+    exact = stats._exact_p(ranks, EXACT_MAX_N)
+    normal = stats._normal_p(mann_whitney_u(x, y)[0], EXACT_MAX_N, EXACT_MAX_N, ranks)
+    for alternative in stats.ALTERNATIVES:
+        assert mann_whitney_u(x, y, alternative)[1] == exact[alternative] != normal[alternative]
+
+
 def test_normal_approximation_by_hand_with_ties():
     x = [1.0] * 15 + [2.0] * 10
     y = [2.0] * 10 + [3.0] * 15
