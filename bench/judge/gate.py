@@ -37,9 +37,10 @@ from pathlib import Path
 from bench.judge import compare
 
 # Runs a side. Simulated (tests/test_stats_simulation.py, log-normal noise between runs, 12
-# timings): 10 + 10 detect a 25% slowdown of one timing in >= 90% of gates up to a 15% spread
-# between runs (log sd), 7 + 7 only up to 12%. On the smoke suite a full run takes ~8 s and a
-# one-case confirmation run ~6 s on an idle 2-core machine: 10 + 10 stays within 6 minutes.
+# timings): 10 + 10 detect a 25% slowdown of one timing in 86% of gates at a 15% spread between
+# runs (log sd), more below it. On the smoke suite a full run takes 9-10 s and a one-case
+# confirmation run ~4.5 s on an idle 2-core machine: a gate took 195-341 s in the 31-gate
+# campaign (results/reference/gate-campaign-cpu), within 6 minutes.
 DEFAULT_RUNS = 10
 DEFAULT_CONFIRM_RUNS = 10
 
