@@ -9,7 +9,10 @@ Sections, the most decision-relevant first, each with its own time budget (secon
 leaves unused pass on to the next; the run's budget bounds them all):
 
   smoke    pytest -m gpu_smoke: each CUDA fast path against its reference. A failure stops the run.
-  decode   bench/suites/gpu-decode.toml: 3b at a 4K context, bf16, batch 1, four archs (MBU).
+  decode   bench/suites/gpu-decode.toml: 3b at a 4K context, bf16, batch 1, four archs (MBU); ours with
+           the split-KV decode kernel, then with SDPA's decode.
+  profile  scripts/decode_profile.py: one decode step of the 3b transformer at 4K, kernel by kernel,
+           with SDPA's decode and with the split-KV kernel.
   prefill  bench/suites/gpu-prefill.toml: 3b at 8K and 32K, four archs (MFU).
   long     bench/suites/gpu-long.toml: both YOCOs 128K-1M (32K is in prefill) and the baseline
            until it stops fitting, under an 80 GB memory cap (growth exponent, the 1M memory figure).
@@ -77,6 +80,7 @@ HF_IMPORT_S = 4  # transformers, in the case process
 GRAPH_CAPTURE_S = 2
 FLEX_COMPILE_S = 15  # FlexAttention's Triton kernel, once per new prompt length (SWA prefill past W)
 FLA_S = 5  # fla's Triton kernels: loaded from the cache the smoke tests filled, autotuned per process
+SPLIT_KV_S = 2  # the split-KV decode kernels: compiled once per machine (Triton's cache), loaded per process
 BITNET_KERNEL_S = 3  # the W2A8 kernel's autotune, per weight shape
 PYTEST_START_S = 12  # collection imports torch, transformers, triton, fla
 
@@ -98,15 +102,17 @@ class Section:
 
 SECTIONS = [
     Section("smoke", 60, "GPU smoke tests (pytest -m gpu_smoke): each CUDA fast path against its reference"),
-    Section("decode", 80, "decode at a 4K context, 3b, bf16, batch 1: transformer, hf-llama, yoco-gret, yoco-swa "
+    Section("decode", 95, "decode at a 4K context, 3b, bf16, batch 1: transformer, hf-llama, yoco-gret, yoco-swa "
             "(MBU; ours against hf-llama)", "gpu-decode"),
-    Section("prefill", 95, "prefill at 8K and 32K, 3b, bf16: the same four archs (MFU; ours against hf-llama)",
+    Section("profile", 30, "one decode step kernel by kernel: transformer 3b 4K, bf16, with SDPA's decode and with "
+            "the split-KV kernel (scripts/decode_profile.py: kernel time against the captured step's)"),
+    Section("prefill", 75, "prefill at 8K and 32K, 3b, bf16: the same four archs (MFU; ours against hf-llama)",
             "gpu-prefill"),
-    Section("long", 120, "long prompts, 3b, under an 80 GB cap: both YOCOs 128K-1M (with section 2's 32K), the "
+    Section("long", 115, "long prompts, 3b, under an 80 GB cap: both YOCOs 128K-1M (with section 2's 32K), the "
             "baseline until it stops fitting (growth exponent; the 1M memory figure)", "gpu-long"),
-    Section("bitnet", 75, "BitNet: packed W2A8 kernel against bf16 F.linear at M = 1, K = N = 4096 and 8192; one "
+    Section("bitnet", 70, "BitNet: packed W2A8 kernel against bf16 F.linear at M = 1, K = N = 4096 and 8192; one "
             "packed 1.58-bit decode case at 3b", "gpu-bitnet"),
-    Section("probe", 20, "which SDPA kernel each attention call of sections decode, prefill and bitnet gets, and "
+    Section("probe", 15, "which SDPA kernel each attention call of sections decode, prefill and bitnet gets, and "
             "why the others refused (scripts/gpu_probe.py)"),
     Section("tests", 300, "the whole python -m pytest (CUDA tests included)", default=False),
 ]
@@ -126,28 +132,32 @@ class Stopped(Exception):
 # ---- the plumbing mode: the same sections at tiny size on a CPU ----
 
 def shrink_suite(text: str) -> str:
-    """A section's suite at CPU-test size: preset tiny, float32, lengths and prefill chunks / 512 (at least 32),
-    the window / 16, at most 4 decode steps, eager decode, 2 repeats, one thread. For checking this script's
-    plumbing without a GPU: its figures are CPU figures and check_targets counts none of them."""
-    from bench.suite import tomllib
+    """A section's suite at CPU-test size, case by case: preset tiny, float32, lengths and prefill chunks / 512
+    (at least 32), the window / 16, at most 4 decode steps, eager decode, 2 repeats, one thread, and no split-KV
+    decode (its kernel runs on CUDA alone: those cases decode with SDPA, as their twins do). Cases the mapping
+    makes equal merge, in the GPU suite's order. For checking this script's plumbing without a GPU: its figures
+    are CPU figures and check_targets counts none of them."""
+    from bench.suite import parse_suite, tomllib
 
-    data = tomllib.loads(text)
-    meta = data.setdefault("suite", {})
+    meta = tomllib.loads(text).get("suite", {})
     meta.update(devices=["cpu"], repeats=min(2, meta.get("repeats", 2)), threads=1,
                 description="plumbing check at tiny size (scripts/gpu_run.py --device cpu): " + meta.get(
                     "description", ""))
-    fix = dict(preset=lambda v: "tiny", dtype=lambda v: "float32", seq_len=lambda v: max(32, v // 512),
-               prefill_chunk=lambda v: max(32, v // 512) if isinstance(v, int) else v,
-               window=lambda v: max(16, v // 16), gen_len=lambda v: min(v, 4),
-               decode_mode=lambda v: "eager" if v == "graph" else v)  # CUDA graphs: CUDA only
-    tables = [data.get("axes", {})] + data.get("sweep", [])
-    tables += [e for t in tables for e in t.get("exclude", [])]
-    for table in tables:
-        for key, f in fix.items():
-            if key in table:
-                value = table[key]
-                table[key] = [f(v) for v in value] if isinstance(value, list) else f(value)
-    return dump_toml(data)
+    sweeps = []
+    for c in parse_suite(text, Path("gpu-suite.toml")).cases:
+        point = dict(arch=c.arch, preset="tiny", batch=c.batch, seq_len=max(32, c.seq_len // 512),
+                     gen_len=min(c.gen_len, 4), bitnet=c.bitnet, dtype="float32", backend=without_split_kv(c.backend),
+                     decode_mode="eager" if c.decode_mode == "graph" else c.decode_mode,  # CUDA graphs: CUDA only
+                     prefill_chunk=max(32, c.prefill_chunk // 512) if c.prefill_chunk else "none")
+        if c.window is not None:
+            point["window"] = max(16, c.window // 16)
+        sweeps.append(point)
+    return dump_toml({"suite": meta, "sweep": sweeps})
+
+
+def without_split_kv(backend: str) -> str:
+    parts = [p for p in backend.split("+") if p != "splitkv"]
+    return "+".join(parts) or "torch"
 
 
 def _toml_value(v) -> str:
@@ -190,7 +200,8 @@ def estimate_case_s(case, repeats: int, warmup: int, time_budget_s: float | None
     fixed = CASE_START_S + (HF_IMPORT_S if case.arch == "hf-llama" else 0)
     if "fla" in case.backend.split("+") and not fla:
         return 0.0, "skipped at once: asks for fla, which is absent"
-    gret_on_fla = case.arch == "yoco-gret" and fla and case.backend in ("fla", "auto")
+    parts = case.backend.split("+")
+    gret_on_fla = case.arch == "yoco-gret" and fla and ("fla" in parts or case.backend == "auto")
     if cap_bytes and e["estimated_bytes"] > cap_bytes:
         return fixed, "skipped at once: weights + cache exceed the cap"
     config = _meta_model(dataclasses.replace(case, arch="transformer" if case.arch == "hf-llama" else case.arch,
@@ -204,6 +215,8 @@ def estimate_case_s(case, repeats: int, warmup: int, time_budget_s: float | None
         fixed += GRAPH_CAPTURE_S
     if gret_on_fla:
         fixed += FLA_S
+    if "splitkv" in parts:
+        fixed += SPLIT_KV_S
     if case.arch == "yoco-swa" and case.seq_len > (case.window or 0) and case.seq_len not in seen_lengths:
         fixed += FLEX_COMPILE_S
         seen_lengths.add(case.seq_len)
@@ -267,6 +280,8 @@ def plan_text(sections: list[Section], budget_s: int, fla: bool) -> str:
                 steps.append((case.case_id, s, note))
         elif section.name == "smoke":
             steps.append(("pytest -m gpu_smoke (compiles FlexAttention, fla's and the W2A8 kernels)", 60.0, ""))
+        elif section.name == "profile":
+            steps.append(("two 3b transformers: prefill 4K, 20 profiled eager steps, 20 captured", 28.0, ""))
         elif section.name == "probe":
             steps.append(("2-layer models of each case: one prefill and one decode step each", 20.0, ""))
         elif section.name == "tests":
@@ -542,6 +557,18 @@ class Run:
 
     def section_decode(self, outcome, limit):
         self.run_suite(outcome, outcome.section, limit, "decode")
+
+    def section_profile(self, outcome, limit):
+        # On a CPU (plumbing): tiny, float32, SDPA only (the split-KV kernel runs on CUDA alone).
+        small = [] if self.device == "cuda" else ["--preset", "tiny", "--seq-len", "256", "--dtype", "float32",
+                                                  "--steps", "4", "--backend", "torch"]
+        rc = self.run_command([self.python, "scripts/decode_profile.py", str(self.work / "profile"), "--device",
+                               self.device, *small], self.logs / "profile.log", limit)
+        outcome.state = {0: "complete", "timeout": "CUT"}.get(rc, "FAILED")
+        outcome.why = {0: "profile/decode-profile.md", "timeout": f"stopped by its {limit:.0f} s limit (what "
+                       f"finished is in profile/)"}.get(rc, f"exit {rc} (logs/profile.log)")
+        log = (self.logs / "profile.log").read_text(errors="replace").splitlines()
+        outcome.detail += [f"- {line}" for line in log if ": graph " in line]
 
     def section_prefill(self, outcome, limit):
         self.run_suite(outcome, outcome.section, limit, "prefill")

@@ -177,3 +177,19 @@ def test_cli_prints_every_target_and_a_count(tmp_path, capsys):
 def test_not_a_run_directory(tmp_path, capsys):
     assert check_targets.main([str(tmp_path)]) == 2
     assert "needs results.csv and env.json" in capsys.readouterr().err
+
+
+def test_split_kv_rows_are_judged_on_their_own_and_against_hf(tmp_path):
+    """Section 1 times our archs with SDPA's decode and with the split-KV kernel: a verdict for
+    each, and each of ours against hf-llama as HF runs it (backend torch)."""
+    rows = decode_and_prefill_rows()
+    rows.append(row("transformer", "3b", 4 * K, mode="graph", backend="splitkv", decode_mbu=0.75, prefill_ms=10.0,
+                    decode_ms_per_step=4.0))
+    found, _ = check_targets.check([write_run(tmp_path / "run", rows)])
+    by = {(r.target, r.scope): r for r in found}
+    assert (by[("decode MBU >= 0.7", "transformer 3b 4K")].status,
+            by[("decode MBU >= 0.7", "transformer 3b 4K splitkv")].status) == ("not met", "met")
+    split = by[("transformer at least as fast as hf-llama", "decode 3b 4K graph, ours splitkv")]
+    assert (split.status, split.value) == ("met", "hf/ours 1.250")
+    sdpa = by[("transformer at least as fast as hf-llama", "decode 3b 4K graph")]
+    assert (sdpa.status, sdpa.value) == ("not met", "hf/ours 0.909")

@@ -38,9 +38,10 @@ def test_cases_come_from_the_suites_bitnet_aside(suite):
     assert len(cases) == 3 * 2 and {c.bitnet for c in cases} == {"none"}  # attention is the same packed
     assert [c.seq_len for c in gpu_probe.probe_cases([str(suite)], max_seq_len=64)] == [40] * 3
     # the packed 1.58-bit case attends exactly as the decode section's bf16 yoco-gret case: probed once
-    # decode: the four archs and yoco-gret on torch (hf-llama's eager case is its graph case's twin);
-    # prefill: the four at two lengths and yoco-gret on torch at 32K
-    assert len(gpu_probe.probe_cases(["gpu-decode", "gpu-prefill", "gpu-bitnet"])) == (4 + 1) + (8 + 1)
+    # decode: the four archs (ours with the split-KV decode), our three with SDPA's decode, and yoco-gret
+    # on torch (hf-llama's eager case is its graph case's twin); prefill: the four at two lengths and
+    # yoco-gret on torch at 32K
+    assert len(gpu_probe.probe_cases(["gpu-decode", "gpu-prefill", "gpu-bitnet"])) == (4 + 3 + 1) + (8 + 1)
 
 
 def test_each_case_is_probed_at_its_real_attention_shapes():

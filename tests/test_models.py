@@ -267,7 +267,8 @@ def test_unknown_preset_and_field():
         baselines.from_preset("tiny", window=3)  # the baseline has no window
 
 
-@pytest.mark.parametrize("arch, parts", [("gret", ("fla", "flash_attn", "apex")), ("swa", ("flash_attn", "apex"))])
+@pytest.mark.parametrize("arch, parts", [("gret", ("fla", "flash_attn", "apex", "splitkv")),
+                                         ("swa", ("flash_attn", "apex", "splitkv"))])
 def test_auto_backend_is_resolved_for_the_models_device_and_parts(arch, parts, monkeypatch):
     """On a CPU "auto" is always "torch", so only a spy sees what the build asks for on a GPU."""
     from yoco import backends

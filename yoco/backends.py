@@ -3,7 +3,8 @@
 A config's `backend` is "auto" (the default), "torch" or a '+'-joined set of optional parts.
 PyTorch's own paths (SDPA, FlexAttention, torch.nn.RMSNorm, torch.compile) are always there; an
 optional part is used only where it imports and the tensors live on CUDA. "auto" is resolved
-once, when a model is built (`resolve`): on CUDA every part that imports here, else "torch".
+once, when a model is built (`resolve`): on CUDA every part that imports here (less the opt-in
+ones, OPT_IN), else "torch".
 Asking for a part by name where it does not import is an error, never a silent fallback.
 """
 
@@ -20,7 +21,12 @@ OPTIONAL = {
     "flash_attn": ("flash_attn", "flash-attn"),
     "apex": ("apex.normalization", "apex"),
     "triton": ("triton", "triton"),
+    # our Triton split-KV decode attention (yoco/ops/split_kv_triton.py)
+    "splitkv": ("yoco.ops.split_kv_triton", "triton"),
 }
+# Parts "auto" never picks: asked for by name only. splitkv stays opt-in until a GPU run has
+# timed it against SDPA's decode (bench/suites/gpu-decode.toml times both).
+OPT_IN = ("splitkv",)
 
 
 def detect() -> dict[str, str | None]:
@@ -60,19 +66,19 @@ def require(backend: str):
 
 
 # The parts a model can use (triton is a dependency of fla and the BitNet kernel, not a choice).
-MODEL_PARTS = ("fla", "flash_attn", "apex")
+MODEL_PARTS = ("fla", "flash_attn", "apex", "splitkv")
 
 
 def resolve(backend: str, device, parts: tuple[str, ...] = MODEL_PARTS) -> str:
     """The concrete backend for a model built on `device`: "auto" becomes the '+'-joined parts
-    (of `parts`, the ones this model can use) that import here when the device is CUDA, else
-    "torch"; anything else is returned as given, after `require` checked that it imports."""
+    (of `parts`, the ones this model can use, less OPT_IN) that import here when the device is
+    CUDA, else "torch"; anything else is returned as given, after `require` checked that it imports."""
     if backend != "auto":
         require(backend)
         return backend
     if torch_device_type(device) != "cuda":
         return "torch"
-    found = [p for p in parts if available(p)]
+    found = [p for p in parts if p not in OPT_IN and available(p)]
     return "+".join(found) or "torch"
 
 

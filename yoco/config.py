@@ -19,7 +19,7 @@ from yoco.ops.retention import DEFAULT_CHUNK_SIZE
 
 SELF_DECODERS = ("gret", "swa")
 BITNET_MODES = ("none", "1bit", "1.58bit")
-BACKEND_PARTS = ("auto", "torch", "fla", "flash_attn", "apex")
+BACKEND_PARTS = ("auto", "torch", "fla", "flash_attn", "apex", "splitkv")
 # "llama": Llama/HF conventions (rotate-half rotary with theta^(-2i/D), norm eps 1e-6, no embedding
 # scale); "unilm": YOCO's authors' code (interleaved rotary with theta^(-i/(D/2-1)), norm eps 1e-5,
 # embeddings times sqrt(d_model)). The cost of a model does not depend on it.

@@ -82,13 +82,23 @@ def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     return x.view(*x.shape[:-1], n_heads, -1)
 
 
+def decode_attention(q, k_cache, v_cache, valid, use_splitkv: bool = False):
+    """One decode step's attention over a static cache: the Triton split-KV kernel where asked
+    for (backend part "splitkv") on CUDA, else SDPA on the folded query groups."""
+    if use_splitkv and q.is_cuda:
+        from yoco.ops.split_kv_triton import split_kv_attention
+
+        return split_kv_attention(q, k_cache, v_cache, valid)
+    return cached_attention(q, k_cache, v_cache, valid)
+
+
 def _attention_step(mixer, x, pos, cache, valid=None):
     """Decode step of a self-attending mixer (SWA, the baseline's): rotate the new token's q and
     k at `pos`, write k, v into the static cache in place, attend to the valid slots (`valid`,
     when the caller computed it once for all layers, else the cache's own)."""
     q, k, v = mixer._project(x, pos)
     cache.write(pos, k, v)
-    o = cached_attention(q, cache.k, cache.v, cache.valid(pos) if valid is None else valid)
+    o = decode_attention(q, cache.k, cache.v, cache.valid(pos) if valid is None else valid, mixer.use_splitkv)
     return mixer.wo(o.transpose(1, 2).flatten(-2))
 
 
@@ -150,6 +160,7 @@ class SlidingWindowAttention(nn.Module):
         self.wq, self.wk, self.wv, self.wo = (make_linear(d, d, config.bitnet) for _ in range(4))
         self.window, self.theta, self.rope = config.window, config.rope_theta, config.numerics
         self.use_flash = "flash_attn" in config.backends
+        self.use_splitkv = "splitkv" in config.backends
 
     def _project(self, x, positions):
         q, k, v = (_heads(w(x), self.n_heads) for w in (self.wq, self.wk, self.wv))
@@ -209,6 +220,7 @@ class CausalAttention(nn.Module):
         self.wo = make_linear(self.n_heads * self.head_dim, d, config.bitnet)
         self.theta, self.rope = config.rope_theta, config.numerics
         self.use_flash = "flash_attn" in config.backends
+        self.use_splitkv = "splitkv" in config.backends
 
     def _project(self, x, positions):
         cos, sin = rope_angles(positions, self.head_dim, self.theta, self.rope)
@@ -246,6 +258,7 @@ class CrossAttention(nn.Module):
         self.wo = make_linear(self.n_heads * self.head_dim, d, config.bitnet)
         self.theta, self.rope = config.rope_theta, config.numerics
         self.use_flash = "flash_attn" in config.backends
+        self.use_splitkv = "splitkv" in config.backends
 
     def _query(self, x, positions):
         cos, sin = rope_angles(positions, self.head_dim, self.theta, self.rope)
@@ -265,7 +278,7 @@ class CrossAttention(nn.Module):
         return self.wo(o.transpose(1, 2).flatten(-2))
 
     def step(self, x, pos, cache, valid):
-        o = cached_attention(self._query(x, pos), cache.k, cache.v, valid)
+        o = decode_attention(self._query(x, pos), cache.k, cache.v, valid, self.use_splitkv)
         return self.wo(o.transpose(1, 2).flatten(-2))
 
 

@@ -139,7 +139,7 @@ class CausalLM(nn.Module):
     @staticmethod
     def optional_parts(config) -> tuple[str, ...]:
         """The optional backend parts this kind of model can use (yoco.backends.MODEL_PARTS)."""
-        return ("flash_attn", "apex")
+        return ("flash_attn", "apex", "splitkv")
 
     def backend_used(self) -> str:
         """The backend parts that really run now: those of the config's (resolved when built)

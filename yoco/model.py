@@ -40,7 +40,8 @@ class YOCO(CausalLM):
 
     @staticmethod
     def optional_parts(config) -> tuple[str, ...]:
-        return ("fla", "flash_attn", "apex") if config.self_decoder == "gret" else ("flash_attn", "apex")
+        shared = ("flash_attn", "apex", "splitkv")
+        return ("fla", *shared) if config.self_decoder == "gret" else shared
 
     def global_kv(self, x: torch.Tensor, positions: torch.Tensor):
         """K, V [B, H_kv, T, D] of the global cache; rotary on K."""

@@ -7,8 +7,8 @@ kernel or math. `sdpa_kernel` asks torch which one a call gets; `refusals` asks 
 why it would not take the call (torch's own debug checks, `torch.backends.cuda.can_use_*`).
 
 `Recorder` is a context manager that notes, for every distinct call made inside it, the kernel
-picked: SDPA calls (ours and HF transformers'), FlexAttention (the SWA prefill on CUDA) and the
-gated-retention implementation (fla's kernels or the PyTorch forms). The harness records during
+picked: SDPA calls (ours and HF transformers'), FlexAttention (the SWA prefill on CUDA), the split-KV
+decode kernel and the gated-retention implementation (fla's kernels or the PyTorch forms). The harness records during
 a case's warm-up and memory pass, never while timing (the note costs a host-side check per call).
 """
 
@@ -147,6 +147,7 @@ class Recorder:
             return sdpa(*args, **kwargs)
 
         self._patch(F, "scaled_dot_product_attention", noted_sdpa)
+        self._note_split_kv()
         for module_name, attr, label in self.TARGETS:
             try:
                 module = importlib.import_module(module_name)
@@ -155,6 +156,22 @@ class Recorder:
                 continue
             self._patch(module, attr, self._noting(original, label))
         return self
+
+    def _note_split_kv(self):
+        """The split-KV decode kernel, noted where the layers choose it (its own module is not
+        imported for this: importing triton costs seconds, and on a CPU the kernel never runs)."""
+        try:
+            layers = importlib.import_module("yoco.layers")
+            original = layers.decode_attention
+        except (ImportError, AttributeError):
+            return
+
+        def noted(q, k_cache, v_cache, valid, use_splitkv=False):
+            if use_splitkv and q.is_cuda and self._noting_now():
+                self.calls[("split-KV decode (Triton) " + describe_call(q, k_cache, valid), "")] += 1
+            return original(q, k_cache, v_cache, valid, use_splitkv)
+
+        self._patch(layers, "decode_attention", noted)
 
     def _noting(self, fn, label: str):
         def noted(*args, **kwargs):

@@ -38,7 +38,7 @@ RESULTS: list[Column] = [
     _c("device", "", "cpu or cuda"),
     _c("device_name", "", "CPU model or GPU name"),
     _c("backend", "", "backend the case asked for: auto, torch or '+'-joined optional parts (fla, flash_attn, "
-       "apex)"),
+       "apex, splitkv)"),
     _c("backend_used", "", "optional parts that really ran (those the model uses, on CUDA; 'auto' resolved "
        "where the model was built), else torch"),
     _c("backends_present", "", "optional backends installed on this machine, with versions"),
