@@ -11,8 +11,9 @@ targets are for a GPU in bf16. Where several rows match one figure (two runs, or
 graph-captured), the least favourable one is reported.
 
 Targets:
-- decode MBU >= 0.7 at 3b with a 4K context, for transformer, hf-llama, yoco-gret and yoco-swa
-  (rows whose decode ran as CUDA graphs, decode_mode graph or compile, where there are any, else eager);
+- decode MBU >= 0.7 at 3b with a 4K context, for transformer, hf-llama, yoco-gret and yoco-swa,
+  one verdict per backend (SDPA's decode and the split-KV kernel are different figures; rows whose
+  decode ran as CUDA graphs, decode_mode graph or compile, where there are any, else eager);
 - prefill MFU >= 0.5 for transformer at 8K..32K tokens;
 - YOCO prefill linear in N: least-squares slope of log(prefill_ms) on log(seq_len) over the
   lengths >= 32K (at least two; rows of all the runs given, the median where a length repeats)
@@ -20,7 +21,8 @@ Targets:
 - 3b YOCO at 1M tokens fits in 80 GB: the case ran under a memory cap of at most 80e9 bytes
   (memory_cap_bytes: an allocation past it fails), or ran uncapped with a reserved peak <= 80e9;
   an out-of-memory error under such a cap is a "not met";
-- our transformer at least as fast as hf-llama (medians, prefill and decode, same run and case);
+- our transformer at least as fast as hf-llama (medians, prefill and decode, same run and case but
+  the backend: each of ours against hf-llama's backend "torch" row, HF's own attention);
 - the packed BitNet kernel at least 4x bf16 F.linear at M = 1, K = N = 8192 (--bitlinear-json:
   pytest-benchmark's JSON of tests/benchmarks/test_bitlinear_bench.py, timed on CUDA);
 - the paper's ratios on 3b, met when ours reach the paper's figure: memory at 1M (9.4x; the

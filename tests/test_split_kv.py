@@ -19,7 +19,8 @@ if not CUDA and not INTERPRETED:
 
 from yoco.ops.split_kv_triton import BLOCK_N, default_splits, split_kv_attention  # noqa: E402
 
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+# (rtol, atol): bf16's rounding of outputs of about 0.1 is about 4e-4
+TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 2e-3)}
 
 
 def inputs(B, H, H_kv, S, D, dtype, device, seed):
@@ -32,14 +33,14 @@ def inputs(B, H, H_kv, S, D, dtype, device, seed):
 def check(q, k, v, valid, **kwargs):
     got = split_kv_attention(q, k, v, valid, **kwargs)
     want = cached_attention_reference(q.float(), k.float(), v.float(), valid)
-    tol = TOLERANCE[q.dtype]
+    rtol, atol = TOLERANCE[q.dtype]
     assert got.dtype == q.dtype and got.shape == q.shape
-    torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+    torch.testing.assert_close(got.float(), want, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("B,H,H_kv,S,D", [(2, 6, 2, 300, 32), (1, 4, 4, 130, 16), (1, 3, 1, 700, 24),
-                                          (1, 16, 2, 64, 64)])
+                                          (1, 16, 2, 64, 64), (1, 32, 1, 2500, 16)])
 @pytest.mark.parametrize("n_splits", [None, 1, 3, 64])
 def test_matches_reference_over_a_prefix(device, B, H, H_kv, S, D, n_splits):
     """A decode step's mask: slots 0..pos valid (the cache's), the rest hold stale values that
@@ -69,15 +70,18 @@ def test_reads_strided_inputs_as_stored(device):
     slices of bigger buffers in some callers."""
     B, H, H_kv, S, D = 2, 4, 2, 200, 16
     q_t = torch.randn(B, 1, H, D, device=device)
-    k_big, v_big = (torch.randn(B, H_kv, S + 50, D, device=device) for _ in range(2))
-    q, k, v = q_t.transpose(1, 2), k_big[:, :, :S], v_big[:, :, :S]
+    k_big = torch.randn(B, H_kv, S + 50, D, device=device)
+    v_t = torch.randn(B, H_kv, D, S, device=device)  # v with strides unlike k's
+    q, k, v = q_t.transpose(1, 2), k_big[:, :, :S], v_t.transpose(-1, -2)
     valid = torch.arange(S, device=device) < 150
     check(q, k, v, valid, n_splits=2)
+    check(q, k, v, (torch.arange(2 * S, device=device) < 150)[::2])  # a strided mask
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("dtype, S", [pytest.param(torch.bfloat16, 4224, marks=pytest.mark.gpu_smoke),
-                                      (torch.bfloat16, 65536), (torch.float16, 4224), (torch.float32, 4224)])
+                                      pytest.param(torch.float32, 4224, marks=pytest.mark.gpu_smoke),
+                                      (torch.bfloat16, 65536), (torch.float16, 4224)])
 def test_cuda_dtypes_at_decode_shapes(dtype, S):
     """The 3b preset's decode shapes: 24 query heads over 8 KV heads, d 128 (bf16 at a 4K cache
     is in the GPU smoke set: one compile of each kernel)."""
@@ -105,6 +109,8 @@ def test_bad_input_is_named():
         split_kv_attention(q, k, v, valid.long())
     with pytest.raises(ValueError, match="n_splits must be an integer >= 1, got 0"):
         split_kv_attention(q, k, v, valid, n_splits=0)
+    with pytest.raises(ValueError, match="share one dtype.*torch.float32/torch.float64/torch.float32"):
+        split_kv_attention(q, k.double(), v, valid)
 
 
 def test_auto_never_picks_it(monkeypatch):
@@ -127,15 +133,15 @@ def _build(arch, backend):
 @pytest.mark.parametrize("arch", ["transformer", "swa", "gret"])
 def test_models_captured_decode_with_splitkv_matches_sdpa(arch):
     """Same weights, backend 'splitkv' against 'torch': prefill, then 12 captured steps (the SWA
-    ring of 8 wraps); the kernel must also capture as a CUDA graph."""
+    ring of 8 wraps); a cache of 1100 slots splits in 4; the kernel must also capture as a CUDA graph."""
     plain, split = _build(arch, "torch"), _build(arch, "splitkv")
     split.load_state_dict(plain.state_dict())
-    tokens = torch.randint(0, 512, (2, 300), device="cuda")
+    tokens = torch.randint(0, 512, (2, 1080), device="cuda")
     nexts = torch.randint(0, 512, (12, 2), device="cuda")
     logits = {}
     with torch.inference_mode():
         for name, model in (("torch", plain), ("splitkv", split)):
-            cache = model.allocate_cache(2, 320)
+            cache = model.allocate_cache(2, 1100)
             model.prefill(tokens, cache)
             step = model.capture_decode(cache)
             model.prefill(tokens, cache)  # capture's warm-up steps wrote the cache
@@ -162,7 +168,7 @@ def test_recorder_notes_the_kernel_where_it_runs():
                 nxt = model.decode_step(nxt, cache).argmax(-1)
         text = rec.summary()
         split = [n for (call, _), n in rec.calls.items() if call.startswith("split-KV decode (Triton)")]
-        sdpa_decode = [n for (call, _), n in rec.calls.items() if "mask(bool)" in call]
+        sdpa_decode = [n for (call, _), n in rec.calls.items() if call.startswith("SDPA") and "mask(bool)" in call]
         if device == "cpu":
             assert not split and sdpa_decode == [6], text  # 2 layers x 3 steps
         else:

@@ -23,6 +23,7 @@ import triton.language as tl
 BLOCK_N = 64  # keys per inner step
 MIN_KEYS_PER_SPLIT = 256  # below this a split's fixed cost outweighs the parallelism it adds
 WAVES = 4  # aim for about this many programs per SM
+COMBINE_BLOCK_S = 32  # splits per tile in the combine
 
 
 @triton.jit
@@ -34,8 +35,8 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, valid_ptr, part_ptr, lse_ptr,
     bh = tl.program_id(0)
     split = tl.program_id(1)
     n_splits = tl.num_programs(1)
-    b = bh // H_kv
-    h_kv = bh % H_kv
+    b = (bh // H_kv).to(tl.int64)  # 64-bit offsets: a cache may hold 2^31 elements or more
+    h_kv = (bh % H_kv).to(tl.int64)
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
@@ -53,7 +54,7 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, valid_ptr, part_ptr, lse_ptr,
     start = split * keys_per_split
     end = tl.minimum(start + keys_per_split, S)
     for n0 in range(0, keys_per_split, BLOCK_N):  # the same trip count in every program
-        offs = start + n0 + offs_n
+        offs = (start + n0 + offs_n).to(tl.int64)
         in_range = offs < end
         keep = in_range & (tl.load(valid_ptr + offs, mask=in_range, other=0) != 0)
         kv_mask = in_range[:, None] & d_mask[None, :]
@@ -80,16 +81,26 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, valid_ptr, part_ptr, lse_ptr,
 @triton.jit
 def _combine_kernel(part_ptr, lse_ptr, o_ptr, n_splits, s_ob, s_oh, s_od, H,
                     D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    # Splits in tiles of BLOCK_S (a tile of all of them would spill registers at hundreds of
+    # splits): the largest log-sum-exp first, then the weighted sum.
     bh = tl.program_id(0)
-    offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
-    s_mask = offs_s < n_splits
-    lse = tl.load(lse_ptr + bh * n_splits + offs_s, mask=s_mask, other=float("-inf"))
-    w = tl.exp(lse - tl.max(lse, 0))  # at least one split holds a valid key: the max is finite
-    w = w / tl.sum(w, 0)
-    part = tl.load(part_ptr + (bh * n_splits + offs_s[:, None]) * D + offs_d[None, :],
-                   mask=s_mask[:, None] & (offs_d[None, :] < D), other=0.0)
-    o = tl.sum(w[:, None] * part, 0)
+    lse_max = tl.full((), float("-inf"), tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        lse = tl.load(lse_ptr + bh * n_splits + offs_s, mask=offs_s < n_splits, other=float("-inf"))
+        lse_max = tl.maximum(lse_max, tl.max(lse, 0))  # finite: at least one split holds a valid key
+    total = tl.zeros((), tl.float32)
+    acc = tl.zeros((BLOCK_D,), tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        s_mask = offs_s < n_splits
+        w = tl.exp(tl.load(lse_ptr + bh * n_splits + offs_s, mask=s_mask, other=float("-inf")) - lse_max)
+        part = tl.load(part_ptr + (bh * n_splits + offs_s[:, None]) * D + offs_d[None, :],
+                       mask=s_mask[:, None] & (offs_d[None, :] < D), other=0.0)
+        total += tl.sum(w, 0)
+        acc += tl.sum(w[:, None] * part, 0)
+    o = acc / total
     tl.store(o_ptr + (bh // H) * s_ob + (bh % H) * s_oh + offs_d * s_od, o.to(o_ptr.dtype.element_ty),
              mask=offs_d < D)
 
@@ -123,6 +134,11 @@ def split_kv_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
         raise ValueError(f"query heads ({H}) must be a multiple of key/value heads ({H_kv})")
     if valid.shape != (S,) or valid.dtype != torch.bool:
         raise ValueError(f"valid must be a bool [S] = [{S}] mask, got {valid.dtype} {tuple(valid.shape)}")
+    if {t.dtype for t in (q, k_cache, v_cache)} != {q.dtype} or {t.device for t in (q, k_cache, v_cache, valid)} \
+            != {q.device}:
+        raise ValueError(f"q, k_cache, v_cache must share one dtype and, with valid, one device; got "
+                         f"{q.dtype}/{k_cache.dtype}/{v_cache.dtype} on {q.device}/{k_cache.device}/{v_cache.device}/"
+                         f"{valid.device}")
     if n_splits is None:
         n_splits = default_splits(B * H_kv, S, q.device)
     if isinstance(n_splits, bool) or not isinstance(n_splits, int) or n_splits < 1:
@@ -136,11 +152,12 @@ def split_kv_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     G = H // H_kv
     block_d = max(16, triton.next_power_of_2(D))
     _split_kernel[(B * H_kv, n_splits)](
-        q, k_cache, v_cache, valid.view(torch.uint8), part, lse, S, H_kv, keys_per_split, D**-0.5,
+        q, k_cache, v_cache, valid.contiguous().view(torch.uint8), part, lse, S, H_kv, keys_per_split, D**-0.5,
         q.stride(0), q.stride(1), q.stride(3), *k_cache.stride(), *v_cache.stride(),
         G=G, D=D, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_D=block_d, BLOCK_N=BLOCK_N,
         num_warps=4, num_stages=2)
     out = torch.empty_like(q)
     _combine_kernel[(B * H,)](part, lse, out, n_splits, out.stride(0), out.stride(1), out.stride(3), H,
-                              D=D, BLOCK_S=triton.next_power_of_2(n_splits), BLOCK_D=block_d, num_warps=4)
+                              D=D, BLOCK_S=min(COMBINE_BLOCK_S, triton.next_power_of_2(n_splits)), BLOCK_D=block_d,
+                              num_warps=4)
     return out
